@@ -1,0 +1,24 @@
+"""The root ``relay`` command: one Typer app per command file, joined here."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import serve
+
+app = typer.Typer(
+    name="relay",
+    help="A real-time event relay: serve it, send to it, listen to it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(serve.app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The application factory: ``create_app(settings) -> Starlette``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import socketio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from relay import __version__, handlers
+from relay.service import Relay
+from relay.settings import Settings
+from relay.transport import EngineIOTransport
+
+log = logging.getLogger("relay")
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>relay</title></head>
+<body><h1>relay</h1><p>The Socket.IO endpoint is <code>/socket.io/</code>;
+health is at <a href="/healthz">/healthz</a>.</p></body></html>
+"""
+
+
+class OrjsonModule:
+    """The ``json`` module python-socketio and python-engineio use, backed by orjson.
+
+    orjson refuses nesting deeper than 1,024 levels with a ValueError instead of recursing,
+    which is what keeps a 10,000-deep payload from reaching the handlers.
+    """
+
+    @staticmethod
+    def dumps(obj: Any, **_: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(text: str | bytes, **_: Any) -> Any:
+        return orjson.loads(text)
+
+
+def build_sio(settings: Settings) -> socketio.AsyncServer:
+    origins: str | list[str] = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
+    return socketio.AsyncServer(
+        async_mode="asgi",
+        json=OrjsonModule,
+        async_handlers=False,  # a client's events run in the order it sent them
+        cors_allowed_origins=origins,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        max_http_buffer_size=settings.max_frame,
+        logger=False,
+        engineio_logger=False,
+    )
+
+
+async def drain(sio: socketio.AsyncServer) -> None:
+    """Close every Engine.IO session cleanly, so clients reconnect (to this or another node)."""
+    sockets = list(sio.eio.sockets.values())
+    for sock in sockets:
+        with contextlib.suppress(Exception):
+            await sock.close(wait=False, abort=False)
+    log.info("closed %d client sessions", len(sockets))
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the relay application: Socket.IO under ``/socket.io/``, health, the page."""
+    settings = settings or Settings()
+    sio = build_sio(settings)
+    relay = Relay(settings, EngineIOTransport(sio.eio))
+    handlers.register(sio, relay)
+    started = time.monotonic()
+
+    async def healthz(request: Request) -> Response:
+        body = {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - started, 1),
+            "backends": {"memory": "ok"},
+            **relay.describe(),
+        }
+        return JSONResponse(body)
+
+    async def index(request: Request) -> Response:
+        page = STATIC_DIR / "index.html"
+        if page.is_file():
+            return FileResponse(page, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(PLACEHOLDER)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks: set[asyncio.Task[None]] = set()
+        task = asyncio.create_task(_sweeper(relay, settings), name="relay-history-sweep")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        log.info("relay %s ready (in-memory)", __version__)
+        try:
+            yield
+        finally:
+            for t in list(tasks):
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
+            await drain(sio)
+            await sio.shutdown()
+
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Mount("/socket.io", app=socketio.ASGIApp(sio, socketio_path="socket.io")),
+    ]
+    if STATIC_DIR.is_dir():
+        routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.sio = sio
+    app.state.relay = relay
+    return app
+
+
+async def _sweeper(relay: Relay, settings: Settings) -> None:
+    interval = max(0.5, min(5.0, settings.history_ttl / 2))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            dropped = relay.sweep()
+        except Exception:
+            log.exception("history sweep failed")
+        else:
+            if dropped:
+                log.debug("forgot %d idle rooms", dropped)

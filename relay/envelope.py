@@ -1,0 +1,96 @@
+"""Envelopes and their wire form, encoded once per message.
+
+A message is encoded to its Socket.IO EVENT packet text (``2["event",{envelope}]``) exactly once,
+when it is accepted; every recipient, live or replaying history, receives those same bytes.
+``data`` is serialized once too: the size check and the envelope share one encoding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.errors import BadRequest, TooLarge
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class IdFactory:
+    """Short ids unique across processes: a random prefix per process, then a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(5).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}-{next(self._counter):x}"
+
+
+def encode_data(data: Any, limit: int) -> bytes:
+    """Serialize ``data`` as JSON, enforcing the payload ``limit`` in bytes."""
+    try:
+        raw = orjson.dumps(data)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise BadRequest(
+            f"'data' must be JSON (objects, arrays, strings, numbers): {exc}"
+        ) from None
+    if len(raw) > limit:
+        raise TooLarge(f"'data' is {len(raw)} bytes as JSON; the limit is {limit}")
+    return raw
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    """One accepted message: its envelope, and the packet every recipient gets."""
+
+    id: str
+    room: str | None
+    event: str
+    offset: int | None
+    ts: int
+    envelope: dict[str, Any]
+    packet: str
+
+    @property
+    def data(self) -> Any:
+        return self.envelope["data"]
+
+
+def build(
+    *,
+    id: str,
+    room: str | None,
+    event: str,
+    sender_sid: str | None,
+    sender_user: str | None,
+    data: Any,
+    data_json: bytes,
+    offset: int | None,
+    ts: int,
+) -> Message:
+    """Make the envelope and its Socket.IO packet text from already-encoded ``data``."""
+    head = {
+        "id": id,
+        "room": room,
+        "event": event,
+        "from": {"sid": sender_sid, "user": sender_user},
+        "data": orjson.Fragment(data_json),
+        "offset": offset,
+        "ts": ts,
+    }
+    packet = "2" + orjson.dumps([event, head]).decode()
+    envelope = dict(head)
+    envelope["data"] = data
+    return Message(id, room, event, offset, ts, envelope, packet)
+
+
+def event_packet(event: str, payload: Any) -> str:
+    """Socket.IO EVENT packet text for a server-generated event such as ``presence``."""
+    return "2" + orjson.dumps([event, payload]).decode()

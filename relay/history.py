@@ -1,0 +1,152 @@
+"""Per-room offsets and history: the memory behind ``since`` and recovery.
+
+Theory of operation
+-------------------
+Each room that has ever had a message owns a :class:`RoomLog`: the last offset handed out and a
+deque of the most recent messages, oldest first. Offsets start at 1 and grow by one per
+message, so the deque is always a contiguous run ``[first, ..., last]`` and a lookup by offset
+is arithmetic, not a search.
+
+Two bounds apply: a count (``size``) enforced on every append, and an age (``ttl``) enforced
+lazily on every read and eagerly by :meth:`History.sweep`, which the server runs periodically.
+A room whose history has fully expired and that nobody is in is forgotten entirely, so an idle
+room costs nothing; its offsets then start again from 1, which a returning client sees as
+``since`` ahead of the room: it receives everything the room has and ``recovered: false``.
+
+Replay is decided here and delivered by the caller in the same event-loop step as the join
+itself, so no live message can slip between the replayed tail and the first live one: the
+two are merged by offset simply because nothing else runs in between.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from relay.envelope import Message
+
+
+@dataclass(slots=True)
+class RoomLog:
+    last: int = 0
+    messages: deque[Message] = field(default_factory=deque)
+
+    @property
+    def first(self) -> int:
+        """Offset of the oldest message kept (``last + 1`` when none is)."""
+        return self.last - len(self.messages) + 1
+
+
+@dataclass(slots=True, frozen=True)
+class Replay:
+    messages: list[Message]
+    recovered: bool
+
+
+class History:
+    """Offsets and bounded history for every room, with no I/O."""
+
+    def __init__(self, size: int, ttl_s: float, clock_ms: Callable[[], int]) -> None:
+        self.size = size
+        self.ttl_ms = int(ttl_s * 1000)
+        self._clock = clock_ms
+        self._rooms: dict[str, RoomLog] = {}
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def __contains__(self, room: str) -> bool:
+        return room in self._rooms
+
+    def latest(self, room: str) -> int:
+        """The room's latest offset, 0 for a room that never had a message."""
+        log = self._rooms.get(room)
+        return log.last if log is not None else 0
+
+    def next_offset(self, room: str) -> int:
+        log = self._rooms.get(room)
+        return (log.last if log is not None else 0) + 1
+
+    def append(self, room: str, message: Message) -> None:
+        """Record ``message``, whose offset must be :meth:`next_offset`."""
+        log = self._rooms.get(room)
+        if log is None:
+            log = self._rooms[room] = RoomLog()
+        assert message.offset == log.last + 1, "offsets are handed out in order"
+        log.last = message.offset
+        if self.size <= 0:
+            return
+        log.messages.append(message)
+        if len(log.messages) > self.size:
+            log.messages.popleft()
+
+    def _trim(self, log: RoomLog, now: int) -> None:
+        cutoff = now - self.ttl_ms
+        messages = log.messages
+        while messages and messages[0].ts <= cutoff:
+            messages.popleft()
+
+    def replay(self, room: str, since: int) -> Replay:
+        """What a ``join`` with ``since`` must replay, and whether that is all it missed."""
+        log = self._rooms.get(room)
+        if log is None:
+            return Replay([], since == 0)
+        self._trim(log, self._clock())
+        if since > log.last:
+            # The client counts from a previous life of this room (a restart, or expiry).
+            return Replay(list(log.messages), False)
+        first = log.first
+        start = max(since + 1, first)
+        messages = list(_tail(log.messages, start - first))
+        return Replay(messages, since + 1 >= first)
+
+    def page(self, room: str, since: int, limit: int) -> list[Message]:
+        """The oldest ``limit`` messages with an offset above ``since``."""
+        log = self._rooms.get(room)
+        if log is None or limit <= 0:
+            return []
+        self._trim(log, self._clock())
+        first = log.first
+        out: list[Message] = []
+        for message in _tail(log.messages, max(since + 1, first) - first):
+            out.append(message)
+            if len(out) >= limit:
+                break
+        return out
+
+    def sweep(self, occupied: Callable[[str], bool]) -> int:
+        """Expire old messages; forget empty rooms nobody is in. Returns rooms dropped."""
+        now = self._clock()
+        dropped: list[str] = []
+        for room, log in self._rooms.items():
+            self._trim(log, now)
+            if not log.messages and not occupied(room):
+                dropped.append(room)
+        for room in dropped:
+            del self._rooms[room]
+        return len(dropped)
+
+    def forget_if_idle(self, room: str) -> None:
+        """Drop ``room`` now if it holds no history (called when its last member leaves)."""
+        log = self._rooms.get(room)
+        if log is not None and not log.messages:
+            del self._rooms[room]
+
+
+def _tail(messages: deque[Message], skip: int) -> Iterator[Message]:
+    """Iterate ``messages`` from index ``skip`` without copying what comes before."""
+    if skip <= 0:
+        yield from messages
+        return
+    if skip >= len(messages):
+        return
+    if skip > len(messages) // 2:
+        # Walk back from the end: cheaper than skipping most of a long deque.
+        n = len(messages) - skip
+        tail = [messages[-i] for i in range(n, 0, -1)]
+        yield from tail
+        return
+    for i, message in enumerate(messages):
+        if i >= skip:
+            yield message

@@ -1,0 +1,103 @@
+"""Validation of names and client payloads: pure functions, no I/O.
+
+Room names are 1-128 characters, event and user names 1-64, all drawn from ASCII letters,
+digits and ``_-.:@/``. Reserved event names cannot be published or sent directly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from relay.errors import BadRequest
+
+_ALLOWED = r"[A-Za-z0-9_\-.:@/]"
+ROOM_RE = re.compile(_ALLOWED + r"{1,128}")
+NAME_RE = re.compile(_ALLOWED + r"{1,64}")
+
+RESERVED_EVENTS = frozenset(
+    {
+        "connect",
+        "connect_error",
+        "disconnect",
+        "disconnecting",
+        "newListener",
+        "removeListener",
+        "join",
+        "leave",
+        "publish",
+        "direct",
+        "presence",
+    }
+)
+
+DEFAULT_EVENT = "message"
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def room_name(value: Any, field: str = "room") -> str:
+    """Return ``value`` if it is a valid room name, else raise :class:`BadRequest`."""
+    if not isinstance(value, str):
+        raise BadRequest(f"'{field}' must be a string, got {type(value).__name__}")
+    if ROOM_RE.fullmatch(value) is None:
+        raise BadRequest(
+            f"'{field}' must be 1-128 characters of A-Z a-z 0-9 _-.:@/, got {_describe(value)}"
+        )
+    return value
+
+
+def user_name(value: Any, field: str = "user") -> str:
+    """Return ``value`` if it is a valid user name, else raise :class:`BadRequest`."""
+    if not isinstance(value, str):
+        raise BadRequest(f"'{field}' must be a string, got {type(value).__name__}")
+    if NAME_RE.fullmatch(value) is None:
+        raise BadRequest(
+            f"'{field}' must be 1-64 characters of A-Z a-z 0-9 _-.:@/, got {_describe(value)}"
+        )
+    return value
+
+
+def event_name(value: Any) -> str:
+    """Return the event to deliver: ``message`` when absent, else a valid, unreserved name."""
+    if value is None:
+        return DEFAULT_EVENT
+    if not isinstance(value, str):
+        raise BadRequest(f"'event' must be a string, got {type(value).__name__}")
+    if NAME_RE.fullmatch(value) is None:
+        raise BadRequest(
+            f"'event' must be 1-64 characters of A-Z a-z 0-9 _-.:@/, got {_describe(value)}"
+        )
+    if value in RESERVED_EVENTS:
+        raise BadRequest(f"'event' {value!r} is reserved and cannot be sent")
+    return value
+
+
+def payload(args: tuple[Any, ...], event: str) -> dict[str, Any]:
+    """The single object argument of a client event, with ``null`` fields dropped."""
+    if len(args) != 1 or not isinstance(args[0], dict):
+        got = "no argument" if not args else ", ".join(type(a).__name__ for a in args)
+        raise BadRequest(f"'{event}' takes one object argument, got {got}")
+    return {k: v for k, v in args[0].items() if v is not None}
+
+
+def offset(value: Any, field: str = "since") -> int:
+    """A non-negative integer offset (booleans are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest(f"'{field}' must be a non-negative integer, got {_describe(value)}")
+    return value
+
+
+def flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{field}' must be true or false, got {_describe(value)}")
+    return value
+
+
+def sid(value: Any, field: str = "to") -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise BadRequest(f"'{field}' must be a connection id (string), got {_describe(value)}")
+    return value

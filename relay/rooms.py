@@ -1,0 +1,105 @@
+"""Who is connected, as whom, and in which rooms: pure bookkeeping, no I/O.
+
+Rooms here are relay's own: client-chosen names never meet python-socketio's rooms (where every
+sid has a room named after itself), so no room name can subscribe anyone to another
+connection's direct messages. Every index is kept both ways, so a disconnect costs the number
+of rooms that connection was in, not the number of rooms on the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Member:
+    sid: str
+    user: str | None
+    rooms: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"sid": self.sid, "user": self.user}
+
+
+class Registry:
+    """Connections, users and room membership."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, Member] = {}
+        # room -> sids in join order (a dict is an insertion-ordered set)
+        self._rooms: dict[str, dict[str, None]] = {}
+        self._users: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def connect(self, sid: str, user: str | None) -> Member:
+        member = Member(sid, user)
+        self._members[sid] = member
+        if user is not None:
+            self._users.setdefault(user, set()).add(sid)
+        return member
+
+    def disconnect(self, sid: str) -> tuple[Member | None, list[str]]:
+        """Forget ``sid``; returns it and the rooms it was in (each now left)."""
+        member = self._members.pop(sid, None)
+        if member is None:
+            return None, []
+        rooms = sorted(member.rooms)
+        for room in rooms:
+            self._remove(room, sid)
+        member.rooms.clear()
+        if member.user is not None:
+            sids = self._users.get(member.user)
+            if sids is not None:
+                sids.discard(sid)
+                if not sids:
+                    del self._users[member.user]
+        return member, rooms
+
+    def get(self, sid: str) -> Member | None:
+        return self._members.get(sid)
+
+    def join(self, sid: str, room: str) -> bool:
+        """Add ``sid`` to ``room``; False when it was already there."""
+        member = self._members[sid]
+        if room in member.rooms:
+            return False
+        member.rooms.add(room)
+        self._rooms.setdefault(room, {})[sid] = None
+        return True
+
+    def leave(self, sid: str, room: str) -> bool:
+        """Remove ``sid`` from ``room``; False when it was not there."""
+        member = self._members.get(sid)
+        if member is None or room not in member.rooms:
+            return False
+        member.rooms.discard(room)
+        self._remove(room, sid)
+        return True
+
+    def _remove(self, room: str, sid: str) -> None:
+        sids = self._rooms.get(room)
+        if sids is not None:
+            sids.pop(sid, None)
+            if not sids:
+                del self._rooms[room]
+
+    def sids(self, room: str) -> dict[str, None]:
+        """The room's sids in join order (a live view: copy before awaiting)."""
+        return self._rooms.get(room) or {}
+
+    def count(self, room: str) -> int:
+        return len(self._rooms.get(room) or ())
+
+    def occupied(self, room: str) -> bool:
+        return room in self._rooms
+
+    def members(self, room: str) -> list[Member]:
+        return [self._members[sid] for sid in self.sids(room)]
+
+    def sids_of_user(self, user: str) -> list[str]:
+        return sorted(self._users.get(user) or ())
+
+    def room_count(self) -> int:
+        return len(self._rooms)

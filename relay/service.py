@@ -1,0 +1,187 @@
+"""The relay core: join, leave, publish, direct and presence as plain functions.
+
+Everything here runs to completion without awaiting, so each operation is atomic with respect
+to every other: offsets are handed out in order, and a join's replay and the live stream meet
+without a gap or a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from relay import envelope
+from relay.errors import BadRequest, NotFound
+from relay.history import History
+from relay.rooms import Member, Registry
+from relay.settings import Settings
+from relay.transport import Transport
+
+log = logging.getLogger("relay")
+
+
+@dataclass(slots=True, frozen=True)
+class Sender:
+    """Who sends: a connection (sid and user) or the HTTP API (both None)."""
+
+    sid: str | None = None
+    user: str | None = None
+
+
+HTTP_SENDER = Sender()
+
+
+class Relay:
+    """Rooms, history and routing for one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        clock_ms: Callable[[], int] = envelope.now_ms,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.registry = Registry()
+        self.history = History(settings.history_size, settings.history_ttl, clock_ms)
+        self._clock = clock_ms
+        self._ids = envelope.IdFactory()
+        self.stats = {"published": 0, "delivered": 0, "direct": 0}
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def connect(self, sid: str, eio_sid: str, user: str | None) -> Member:
+        self.transport.attach(sid, eio_sid)
+        return self.registry.connect(sid, user)
+
+    def disconnect(self, sid: str) -> None:
+        """Forget ``sid``: it leaves every room, and their members hear of it."""
+        member, rooms = self.registry.disconnect(sid)
+        self.transport.detach(sid)
+        if member is None:
+            return
+        for room in rooms:
+            self._announce(room, "leave", member)
+            if not self.registry.occupied(room):
+                self.history.forget_if_idle(room)
+
+    def member(self, sid: str) -> Member:
+        member = self.registry.get(sid)
+        if member is None:
+            raise NotFound(f"connection {sid!r} is not connected")
+        return member
+
+    # -- events --------------------------------------------------------------------------------
+
+    def join(self, sid: str, room: str, since: int | None) -> dict[str, Any]:
+        member = self.member(sid)
+        joined = self.registry.join(sid, room)
+        ack: dict[str, Any] = {"ok": True, "room": room}
+        if joined and since is not None:
+            replay = self.history.replay(room, since)
+            for message in replay.messages:
+                self.transport.send(sid, message.packet)
+            ack["recovered"] = replay.recovered
+        if joined:
+            self._announce(room, "join", member)
+        ack["offset"] = self.history.latest(room)
+        ack["members"] = self.registry.count(room)
+        return ack
+
+    def leave(self, sid: str, room: str) -> dict[str, Any]:
+        member = self.member(sid)
+        if self.registry.leave(sid, room):
+            self._announce(room, "leave", member)
+            if not self.registry.occupied(room):
+                self.history.forget_if_idle(room)
+        return {"ok": True, "room": room}
+
+    def publish(
+        self,
+        sender: Sender,
+        room: str,
+        event: str,
+        data: Any,
+        exclude_self: bool = False,
+    ) -> envelope.Message:
+        """Broadcast to every member of ``room``; the message gets the room's next offset."""
+        data_json = envelope.encode_data(data, self.settings.max_payload)
+        message = envelope.build(
+            id=self._ids(),
+            room=room,
+            event=event,
+            sender_sid=sender.sid,
+            sender_user=sender.user,
+            data=data,
+            data_json=data_json,
+            offset=self.history.next_offset(room),
+            ts=self._clock(),
+        )
+        self.history.append(room, message)
+        skip = sender.sid if exclude_self else None
+        sent = self.transport.send_many(self.registry.sids(room), message.packet, skip)
+        self.stats["published"] += 1
+        self.stats["delivered"] += sent
+        return message
+
+    def direct(
+        self,
+        sender: Sender,
+        *,
+        to: str | None,
+        user: str | None,
+        event: str,
+        data: Any,
+    ) -> tuple[envelope.Message, int]:
+        """Unicast to one connection or to every connection of one user."""
+        if (to is None) == (user is None):
+            raise BadRequest("'direct' takes exactly one of 'to' (a sid) or 'user'")
+        data_json = envelope.encode_data(data, self.settings.max_payload)
+        message = envelope.build(
+            id=self._ids(),
+            room=None,
+            event=event,
+            sender_sid=sender.sid,
+            sender_user=sender.user,
+            data=data,
+            data_json=data_json,
+            offset=None,
+            ts=self._clock(),
+        )
+        if to is not None:
+            targets = [to] if self.registry.get(to) is not None else []
+        else:
+            assert user is not None
+            targets = self.registry.sids_of_user(user)
+        delivered = self.transport.send_many(targets, message.packet)
+        self.stats["direct"] += 1
+        self.stats["delivered"] += delivered
+        return message, delivered
+
+    def presence(self, room: str) -> dict[str, Any]:
+        members = [m.as_dict() for m in self.registry.members(room)]
+        return {"ok": True, "room": room, "members": members}
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        return self.history.sweep(self.registry.occupied)
+
+    def _announce(self, room: str, action: str, member: Member) -> None:
+        packet = envelope.event_packet(
+            "presence", {"room": room, "action": action, "member": member.as_dict()}
+        )
+        self.transport.send_many(self.registry.sids(room), packet, skip=member.sid)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "connections": len(self.registry),
+            "rooms": self.registry.room_count(),
+            "rooms_with_history": len(self.history),
+            **self.stats,
+        }
+
+
+__all__ = ["HTTP_SENDER", "Relay", "Sender"]

@@ -1,0 +1,160 @@
+"""One ``Settings`` object, built once at the edge from flags and the environment.
+
+Nothing else in relay reads ``os.environ``: :func:`Settings.from_env` takes any mapping, so
+tests pass a plain dict. Every parser fails loudly, naming the variable and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import ConfigError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mi": 1024**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3,
+}  # fmt: skip
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", re.IGNORECASE)
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+
+
+def parse_size(key: str, raw: str) -> int:
+    """``"65536"``, ``"64KiB"``, ``"1MB"`` -> bytes."""
+    m = _SIZE_RE.fullmatch(raw)
+    if m is None:
+        raise ConfigError(f"{key}={raw!r} is not a size (try 65536, 64KiB or 1MiB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
+def parse_duration(key: str, raw: str) -> float:
+    """``"600"``, ``"600s"``, ``"10m"``, ``"250ms"`` -> seconds."""
+    m = _DURATION_RE.fullmatch(raw)
+    if m is None:
+        raise ConfigError(f"{key}={raw!r} is not a duration (try 600, 600s, 10m or 250ms)")
+    return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "").lower()]
+
+
+def parse_int(key: str, raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not an integer") from None
+
+
+def parse_port(key: str, raw: str) -> int:
+    port = parse_int(key, raw)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key}={raw!r} is not a port (0-65535)")
+    return port
+
+
+def parse_str(key: str, raw: str) -> str:
+    return raw.strip()
+
+
+def parse_log_level(key: str, raw: str) -> str:
+    level = raw.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{key}={raw!r} is not a log level (one of {', '.join(LOG_LEVELS)})")
+    return level
+
+
+def parse_origins(key: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated origins; ``*`` allows any origin."""
+    origins = tuple(o.strip() for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^\s/]+", origin):
+            raise ConfigError(
+                f"{key}={raw!r}: {origin!r} is not an origin (like https://example.com, or *)"
+            )
+    return origins
+
+
+def parse_optional(key: str, raw: str) -> str | None:
+    return raw.strip() or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything relay can be told; defaults are the embedded, in-memory setup."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    max_payload: int = 64 * 1024
+    max_frame: int = 1024 * 1024
+    history_size: int = 1000
+    history_ttl: float = 600.0
+    cors_origins: tuple[str, ...] = ("*",)
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_buffer: int = 4 * 1024 * 1024
+    shutdown_timeout: float = 10.0
+    secret: str | None = None
+    api_key: str | None = None
+    redis_url: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from ``env`` (``PORT``, ``RELAY_*``, ``REDIS_URL``), then ``overrides``.
+
+        Overrides are values already parsed (CLI flags); ``None`` means "not given".
+        """
+        values: dict[str, Any] = {}
+        for name, (key, parse) in ENV_KEYS.items():
+            raw = env.get(key)
+            if raw is not None and raw.strip() != "":
+                values[name] = parse(key, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Reject combinations no server could run with."""
+        limits: list[tuple[str, float, float]] = [
+            ("RELAY_MAX_PAYLOAD", self.max_payload, 1),
+            ("RELAY_HISTORY_TTL", self.history_ttl, 0),
+            ("RELAY_HISTORY_SIZE", self.history_size, 0),
+            ("RELAY_PING_INTERVAL", self.ping_interval, 0.01),
+            ("RELAY_PING_TIMEOUT", self.ping_timeout, 0.01),
+            ("RELAY_MAX_BUFFER", self.max_buffer, 1024),
+        ]
+        for key, value, low in limits:
+            if value < low:
+                raise ConfigError(f"{key}={value!r} must be at least {low}")
+        if self.max_payload > self.max_frame - 1024:
+            raise ConfigError(
+                f"RELAY_MAX_PAYLOAD={self.max_payload!r} must leave room for the envelope "
+                f"inside the {self.max_frame}-byte transport limit"
+            )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "host": ("RELAY_HOST", parse_str),
+    "port": ("PORT", parse_port),
+    "log_level": ("RELAY_LOG_LEVEL", parse_log_level),
+    "max_payload": ("RELAY_MAX_PAYLOAD", parse_size),
+    "history_size": ("RELAY_HISTORY_SIZE", parse_int),
+    "history_ttl": ("RELAY_HISTORY_TTL", parse_duration),
+    "cors_origins": ("RELAY_CORS_ORIGINS", parse_origins),
+    "ping_interval": ("RELAY_PING_INTERVAL", parse_duration),
+    "ping_timeout": ("RELAY_PING_TIMEOUT", parse_duration),
+    "max_buffer": ("RELAY_MAX_BUFFER", parse_size),
+    "shutdown_timeout": ("RELAY_SHUTDOWN_TIMEOUT", parse_duration),
+    "secret": ("RELAY_SECRET", parse_optional),
+    "api_key": ("RELAY_API_KEY", parse_optional),
+    "redis_url": ("REDIS_URL", parse_optional),
+}
