@@ -1,0 +1,150 @@
+"""The HTTP API for backends and serverless functions: ``/api/v1``.
+
+JSON in and out; errors are ``{"error": {"code", "message"}}`` with the matching status. A message
+published here reaches Socket.IO clients exactly as one published by a client, with ``from.sid``
+null, and shares the room's offsets.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from relay import names
+from relay.errors import BadRequest, Internal, RelayError, TooLarge, Unauthorized
+from relay.service import HTTP_SENDER, Relay
+from relay.settings import Settings
+
+log = logging.getLogger("relay.api")
+
+HISTORY_LIMIT_DEFAULT = 100
+HISTORY_LIMIT_MAX = 1000
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def error_response(exc: RelayError) -> Response:
+    return json_response({"error": exc.to_dict()}, exc.http_status)
+
+
+def _query_int(request: Request, key: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"'{key}' must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"'{key}' must be between {low} and {high}, got {value}")
+    return value
+
+
+class Api:
+    """The ``/api/v1`` endpoints, bound to one relay."""
+
+    def __init__(self, relay: Relay, settings: Settings) -> None:
+        self.relay = relay
+        self.settings = settings
+
+    def routes(self) -> list[Route]:
+        wrap = self._guard
+        return [
+            Route("/api/v1/rooms/{room}/events", wrap(self.room_event), methods=["POST"]),
+            Route("/api/v1/users/{user}/events", wrap(self.user_event), methods=["POST"]),
+            Route("/api/v1/connections/{sid}/events", wrap(self.sid_event), methods=["POST"]),
+            Route("/api/v1/rooms/{room}/members", wrap(self.members), methods=["GET"]),
+            Route("/api/v1/rooms/{room}/history", wrap(self.history), methods=["GET"]),
+        ]
+
+    def _guard(self, endpoint: Endpoint) -> Endpoint:
+        """Authentication and the error contract around every endpoint."""
+
+        async def guarded(request: Request) -> Response:
+            try:
+                self._authenticate(request)
+                return await endpoint(request)
+            except RelayError as exc:
+                return error_response(exc)
+            except Exception:
+                log.exception("internal error in %s %s", request.method, request.url.path)
+                return error_response(Internal())
+
+        return guarded
+
+    def _authenticate(self, request: Request) -> None:
+        key = self.settings.api_key
+        if key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("send 'Authorization: Bearer <api key>'")
+        if not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise Unauthorized("the API key is not valid")
+
+    async def _body(self, request: Request) -> tuple[str, Any]:
+        limit = self.settings.max_frame
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise TooLarge(f"the request body is {length} bytes; the limit is {limit}")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise TooLarge(f"the request body is over the {limit}-byte limit")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the body must be a JSON object: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
+        body = {k: v for k, v in body.items() if v is not None or k == "data"}
+        if "data" not in body:
+            raise BadRequest("the body needs 'data'")
+        return names.event_name(body.get("event")), body["data"]
+
+    async def room_event(self, request: Request) -> Response:
+        room = names.room_name(request.path_params["room"])
+        event, data = await self._body(request)
+        message = self.relay.publish(HTTP_SENDER, room, event, data)
+        return json_response({"id": message.id, "offset": message.offset})
+
+    async def user_event(self, request: Request) -> Response:
+        user = names.user_name(request.path_params["user"])
+        event, data = await self._body(request)
+        message, delivered = self.relay.direct(
+            HTTP_SENDER, to=None, user=user, event=event, data=data
+        )
+        return json_response({"id": message.id, "delivered": delivered})
+
+    async def sid_event(self, request: Request) -> Response:
+        sid = names.sid(request.path_params["sid"], "sid")
+        event, data = await self._body(request)
+        message, delivered = self.relay.direct(
+            HTTP_SENDER, to=sid, user=None, event=event, data=data
+        )
+        return json_response({"id": message.id, "delivered": delivered})
+
+    async def members(self, request: Request) -> Response:
+        room = names.room_name(request.path_params["room"])
+        presence = self.relay.presence(room)
+        return json_response({"room": room, "members": presence["members"]})
+
+    async def history(self, request: Request) -> Response:
+        room = names.room_name(request.path_params["room"])
+        since = _query_int(request, "since", 0, 0, 2**63 - 1)
+        limit = _query_int(request, "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
+        messages = self.relay.history.page(room, since, limit)
+        return json_response({"room": room, "messages": [m.envelope for m in messages]})
