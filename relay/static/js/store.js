@@ -1,0 +1,198 @@
+// The page's state as plain data: conversations (rooms and direct chats), their messages in
+// order, unread counts, members and who is typing. No DOM and no sockets here.
+//
+// Rooms: every envelope carries the room's offset; messages are kept sorted by offset and
+// deduplicated by it, so a replay after a reconnect (`join` with `since`) merges with what is
+// already shown, once each, in order. `lastOffset` counts every event of the room (typing
+// included), because that is what `since` has to resume from.
+// Direct chats have no offsets: they are deduplicated by envelope id, in arrival order.
+
+const STORAGE = { nickname: "relay.nickname", rooms: "relay.rooms", active: "relay.active" };
+
+/** The conversation key for a room. */
+export const roomKey = (room) => `room:${room}`;
+
+/** The conversation key for a direct chat with `peer` ({sid, user}): by user when named. */
+export const directKey = (peer) => (peer.user ? `dm:${peer.user}` : `dm-sid:${peer.sid}`);
+
+/** What a message's `data` reads as: a string, `{text}`, or else its JSON. */
+export function textOf(data) {
+  if (typeof data === "string") return data;
+  if (data && typeof data === "object" && typeof data.text === "string") return data.text;
+  return JSON.stringify(data);
+}
+
+/** A display name for a sender ({sid, user}); HTTP API and CLI senders have no sid. */
+export function senderName(from) {
+  if (!from) return "relay";
+  if (from.user) return from.user;
+  if (from.sid) return `guest-${from.sid.slice(0, 4)}`;
+  return "relay";
+}
+
+export class Conversation {
+  constructor(kind, name, peer = null) {
+    this.kind = kind; // "room" | "direct"
+    this.name = name; // room name, or the peer's display name
+    this.peer = peer; // direct only: {sid, user}
+    this.key = kind === "room" ? roomKey(name) : directKey(peer);
+    this.messages = [];
+    this.seen = new Set();
+    this.lastOffset = 0;
+    this.unread = 0;
+    this.loaded = false; // first join answered: later messages are news, not history
+    this.replaying = false; // a join with `since` is in flight
+    this.members = new Map(); // sid -> {sid, user}
+    this.typing = new Map(); // sid -> {user, until}
+  }
+
+  /**
+   * Add a message; answer its index, or -1 when it is already here.
+   * `message` is an envelope; our own sends add `cid`, `placeholder` (shown before the ack),
+   * `pending`, `failed` and `fromAck`.
+   */
+  add(message) {
+    const ids = [`id:${message.id}`];
+    if (this.kind === "room" && Number.isInteger(message.offset)) {
+      ids.push(`offset:${message.offset}`);
+      // Our own message known from its ack, not from the room: messages before it may still
+      // be on their way, so it must not move the offset a rejoin resumes from.
+      if (!message.fromAck) this.noteOffset(message.offset);
+    }
+    if (ids.some((id) => this.seen.has(id))) return -1;
+    for (const id of ids) this.seen.add(id);
+    let index = this.messages.length;
+    if (this.kind === "room") {
+      while (index > 0 && this.messages[index - 1].offset > message.offset) index -= 1;
+    }
+    this.messages.splice(index, 0, message);
+    return index;
+  }
+
+  noteOffset(offset) {
+    if (Number.isInteger(offset) && offset > this.lastOffset) this.lastOffset = offset;
+  }
+
+  setMembers(members) {
+    this.members = new Map(members.map((m) => [m.sid, { sid: m.sid, user: m.user ?? null }]));
+  }
+
+  /** Members grouped by user (one entry per person, however many tabs), sorted by name. */
+  people() {
+    const byKey = new Map();
+    for (const m of this.members.values()) {
+      const key = m.user ? `u:${m.user}` : `s:${m.sid}`;
+      const entry = byKey.get(key) ?? { user: m.user, sids: [] };
+      entry.sids.push(m.sid);
+      byKey.set(key, entry);
+    }
+    return [...byKey.values()].sort((a, b) =>
+      senderName({ user: a.user, sid: a.sids[0] }).localeCompare(
+        senderName({ user: b.user, sid: b.sids[0] }),
+      ),
+    );
+  }
+
+  /** Names of people typing right now; forgets the expired ones. */
+  typists(now) {
+    const names = new Set();
+    for (const [sid, t] of this.typing) {
+      if (t.until <= now) this.typing.delete(sid);
+      else names.add(t.user);
+    }
+    return [...names];
+  }
+}
+
+export class Store {
+  constructor(storage = window.localStorage) {
+    this.storage = storage;
+    this.conversations = new Map(); // key -> Conversation, in sidebar order
+    this.activeKey = null;
+  }
+
+  get active() {
+    return this.activeKey ? (this.conversations.get(this.activeKey) ?? null) : null;
+  }
+
+  rooms() {
+    return [...this.conversations.values()].filter((c) => c.kind === "room");
+  }
+
+  directs() {
+    return [...this.conversations.values()].filter((c) => c.kind === "direct");
+  }
+
+  room(name, create = false) {
+    const key = roomKey(name);
+    let conv = this.conversations.get(key);
+    if (!conv && create) {
+      conv = new Conversation("room", name);
+      this.conversations.set(key, conv);
+      this.save();
+    }
+    return conv ?? null;
+  }
+
+  direct(peer) {
+    const key = directKey(peer);
+    let conv = this.conversations.get(key);
+    if (!conv) {
+      conv = new Conversation("direct", senderName(peer), { sid: peer.sid, user: peer.user });
+      this.conversations.set(key, conv);
+    } else if (peer.sid) {
+      conv.peer.sid = peer.sid; // the peer's latest connection
+    }
+    return conv;
+  }
+
+  remove(key) {
+    this.conversations.delete(key);
+    if (this.activeKey === key) this.activeKey = null;
+    this.save();
+  }
+
+  activate(key) {
+    const conv = this.conversations.get(key);
+    if (!conv) return null;
+    this.activeKey = key;
+    conv.unread = 0;
+    this.save();
+    return conv;
+  }
+
+  totalUnread() {
+    let n = 0;
+    for (const c of this.conversations.values()) n += c.unread;
+    return n;
+  }
+
+  // Persistence: the nickname, the joined rooms and the open one survive a reload.
+  get nickname() {
+    return this.storage.getItem(STORAGE.nickname) ?? "";
+  }
+
+  set nickname(value) {
+    this.storage.setItem(STORAGE.nickname, value);
+  }
+
+  save() {
+    const rooms = this.rooms().map((c) => c.name);
+    this.storage.setItem(STORAGE.rooms, JSON.stringify(rooms));
+    const active = this.active;
+    if (active?.kind === "room") this.storage.setItem(STORAGE.active, active.name);
+  }
+
+  savedRooms() {
+    try {
+      const rooms = JSON.parse(this.storage.getItem(STORAGE.rooms) ?? "[]");
+      return Array.isArray(rooms) ? rooms.filter((r) => typeof r === "string") : [];
+    } catch {
+      return [];
+    }
+  }
+
+  savedActive() {
+    return this.storage.getItem(STORAGE.active);
+  }
+}
