@@ -40,8 +40,6 @@ def serve(
             max_payload=parse_size("--max-payload", max_payload) if max_payload else None,
             history_size=history_size,
         )
-        if settings.secret is not None:
-            raise ConfigError("RELAY_SECRET is set, but token authentication is not built yet")
     except ConfigError as exc:
         fail(str(exc))
     run(settings)

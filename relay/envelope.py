@@ -17,6 +17,9 @@ import orjson
 
 from relay.errors import BadRequest, TooLarge
 
+#: orjson encodes at most 255 levels of arrays and objects; the envelope adds one.
+MAX_DEPTH = 254
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -38,6 +41,8 @@ def encode_data(data: Any, limit: int) -> bytes:
     try:
         raw = orjson.dumps(data)
     except (TypeError, orjson.JSONEncodeError) as exc:
+        if "recursion" in str(exc).lower():
+            raise BadRequest(f"'data' is nested too deeply (at most {MAX_DEPTH} levels)") from None
         raise BadRequest(
             f"'data' must be JSON (objects, arrays, strings, numbers): {exc}"
         ) from None

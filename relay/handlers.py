@@ -9,6 +9,7 @@ from typing import Any
 import socketio
 
 from relay import names
+from relay.auth import authenticate
 from relay.errors import BadRequest, Internal, RelayError
 from relay.service import Relay, Sender
 
@@ -39,6 +40,7 @@ def on_publish(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
         raise BadRequest("'publish' needs 'data'")
     exclude_self = names.flag(p.get("exclude_self", False), "exclude_self")
     member = relay.member(sid)
+    member.identity.check_room(room, "publish to")
     message = relay.publish(Sender(sid, member.user), room, event, p["data"], exclude_self)
     return {"ok": True, "id": message.id, "offset": message.offset}
 
@@ -57,8 +59,9 @@ def on_direct(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
 
 
 def on_presence(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
-    relay.member(sid)
-    return relay.presence(names.room_name(p.get("room")))
+    room = names.room_name(p.get("room"))
+    relay.member(sid).identity.check_room(room, "see the members of")
+    return relay.presence(room)
 
 
 HANDLERS: dict[str, Handler] = {
@@ -87,28 +90,31 @@ def dispatch(relay: Relay, event: str, sid: str, args: tuple[Any, ...]) -> Ack:
         return _error(Internal())
 
 
-def connect_user(auth: Any) -> str | None:
-    """The user an open-mode client names itself with ``auth: {user}``, validated."""
-    if auth is None:
-        return None
-    if not isinstance(auth, dict):
-        raise BadRequest(f"'auth' must be an object, got {type(auth).__name__}")
-    user = auth.get("user")
-    return None if user is None else names.user_name(user)
-
-
 def register(sio: socketio.AsyncServer, relay: Relay) -> None:
     """Wire ``relay`` to ``sio``'s events on the default namespace."""
 
-    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    def lifecycle_event_from_client(sid: str, event: str) -> Ack | None:
+        # python-socketio routes a client's own event named "connect" or "disconnect" to these
+        # handlers; a connected client sending one must not re-register or drop itself.
+        if sio.manager.is_connected(sid, "/"):
+            return _error(BadRequest(f"'{event}' is reserved and cannot be sent"))
+        return None
+
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> Ack | None:
+        if (fake := lifecycle_event_from_client(sid, "connect")) is not None:
+            return fake
         try:
-            user = connect_user(auth)
+            identity = authenticate(auth, relay.settings.secret)
         except RelayError as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
-        relay.connect(sid, sio.manager.eio_sid_from_sid(sid, "/"), user)
+        relay.connect(sid, sio.manager.eio_sid_from_sid(sid, "/"), identity.user, identity)
+        return None
 
-    async def disconnect(sid: str, reason: Any = None) -> None:
+    async def disconnect(sid: str, *args: Any) -> Ack | None:
+        if (fake := lifecycle_event_from_client(sid, "disconnect")) is not None:
+            return fake
         relay.disconnect(sid)
+        return None
 
     def make(event: str) -> Callable[..., Awaitable[Ack]]:
         async def handle(sid: str, *args: Any) -> Ack:
@@ -119,6 +125,18 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
     async def catch_all(event: Any, sid: str, *args: Any) -> Ack:
         return dispatch(relay, str(event)[:64], sid, args)
 
+    eio_disconnect = sio.eio.handlers["disconnect"]
+
+    async def eio_closed(eio_sid: str, reason: Any = None) -> None:
+        await eio_disconnect(eio_sid, reason)
+        # python-engineio never wakes a long-poll GET parked on a session its client closed;
+        # relay.disconnect does (via the transport), but a session refused at connect has no
+        # relay connection, so without this its GET (and the client) hangs until the next ping.
+        sock = sio.eio.sockets.get(eio_sid)
+        if sock is not None and reason == sio.eio.reason.CLIENT_DISCONNECT:
+            sock.queue.put_nowait(None)
+
+    sio.eio.on("disconnect", eio_closed)
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
     for event in HANDLERS:

@@ -130,7 +130,10 @@ class History:
     def forget_if_idle(self, room: str) -> None:
         """Drop ``room`` now if it holds no history (called when its last member leaves)."""
         log = self._rooms.get(room)
-        if log is not None and not log.messages:
+        if log is None:
+            return
+        self._trim(log, self._clock())
+        if not log.messages:
             del self._rooms[room]
 
 

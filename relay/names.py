@@ -76,12 +76,26 @@ def event_name(value: Any) -> str:
     return value
 
 
+class NestedTooDeeply:
+    """Stands in for the arguments of a client event whose JSON nests deeper than the decoder
+    allows, so the event is still answered (``bad_request``) rather than silently dropped."""
+
+    def __repr__(self) -> str:
+        return "<nested too deeply>"
+
+
+NESTED_TOO_DEEPLY = NestedTooDeeply()
+
+
 def payload(args: tuple[Any, ...], event: str) -> dict[str, Any]:
     """The single object argument of a client event, with ``null`` fields dropped."""
+    if args and args[0] is NESTED_TOO_DEEPLY:
+        raise BadRequest(f"'{event}' payload is nested too deeply (JSON deeper than 1,024 levels)")
     if len(args) != 1 or not isinstance(args[0], dict):
         got = "no argument" if not args else ", ".join(type(a).__name__ for a in args)
         raise BadRequest(f"'{event}' takes one object argument, got {got}")
-    return {k: v for k, v in args[0].items() if v is not None}
+    # ``data`` is required and may be any JSON value, null included; other nulls mean absent.
+    return {k: v for k, v in args[0].items() if v is not None or k == "data"}
 
 
 def offset(value: Any, field: str = "since") -> int:

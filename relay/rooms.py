@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from relay.auth import OPEN, Identity
+
 
 @dataclass(slots=True)
 class Member:
     sid: str
     user: str | None
     rooms: set[str] = field(default_factory=set)
+    identity: Identity = OPEN
 
     def as_dict(self) -> dict[str, str | None]:
         return {"sid": self.sid, "user": self.user}
@@ -33,8 +36,8 @@ class Registry:
     def __len__(self) -> int:
         return len(self._members)
 
-    def connect(self, sid: str, user: str | None) -> Member:
-        member = Member(sid, user)
+    def connect(self, sid: str, user: str | None, identity: Identity = OPEN) -> Member:
+        member = Member(sid, user, identity=identity)
         self._members[sid] = member
         if user is not None:
             self._users.setdefault(user, set()).add(sid)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay import envelope
+from relay.auth import Identity
 from relay.errors import BadRequest, NotFound
 from relay.history import History
 from relay.rooms import Member, Registry
@@ -52,9 +53,11 @@ class Relay:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def connect(self, sid: str, eio_sid: str, user: str | None) -> Member:
+    def connect(
+        self, sid: str, eio_sid: str, user: str | None, identity: Identity | None = None
+    ) -> Member:
         self.transport.attach(sid, eio_sid)
-        return self.registry.connect(sid, user)
+        return self.registry.connect(sid, user, identity or Identity(user))
 
     def disconnect(self, sid: str) -> None:
         """Forget ``sid``: it leaves every room, and their members hear of it."""
@@ -77,6 +80,7 @@ class Relay:
 
     def join(self, sid: str, room: str, since: int | None) -> dict[str, Any]:
         member = self.member(sid)
+        member.identity.check_room(room, "join")
         joined = self.registry.join(sid, room)
         ack: dict[str, Any] = {"ok": True, "room": room}
         if joined and since is not None:

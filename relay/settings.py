@@ -110,17 +110,28 @@ class Settings:
         Overrides are values already parsed (CLI flags); ``None`` means "not given".
         """
         values: dict[str, Any] = {}
+        given: dict[str, str] = {}
         for name, (key, parse) in ENV_KEYS.items():
             raw = env.get(key)
             if raw is not None and raw.strip() != "":
                 values[name] = parse(key, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+                given[key] = raw
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+                if name in ENV_KEYS:
+                    given.pop(ENV_KEYS[name][0], None)  # the flag won over the variable
         settings = cls(**values)
-        settings.check()
+        settings.check(given)
         return settings
 
-    def check(self) -> None:
-        """Reject combinations no server could run with."""
+    def check(self, given: Mapping[str, str] | None = None) -> None:
+        """Reject combinations no server could run with.
+
+        ``given`` maps variables to the text they were set to, so a message shows what the user
+        wrote (``'0ms'``) rather than the parsed value (``0.0``).
+        """
+        given = given or {}
         limits: list[tuple[str, float, float]] = [
             ("RELAY_MAX_PAYLOAD", self.max_payload, 1),
             ("RELAY_HISTORY_TTL", self.history_ttl, 0),
@@ -131,10 +142,11 @@ class Settings:
         ]
         for key, value, low in limits:
             if value < low:
-                raise ConfigError(f"{key}={value!r} must be at least {low}")
+                raise ConfigError(f"{key}={given.get(key, value)!r} must be at least {low}")
         if self.max_payload > self.max_frame - 1024:
+            shown = given.get("RELAY_MAX_PAYLOAD", self.max_payload)
             raise ConfigError(
-                f"RELAY_MAX_PAYLOAD={self.max_payload!r} must leave room for the envelope "
+                f"RELAY_MAX_PAYLOAD={shown!r} must leave room for the envelope "
                 f"inside the {self.max_frame}-byte transport limit"
             )
 

@@ -128,8 +128,9 @@ def start_relay_process(
 
 def _drain(proc: subprocess.Popen[str], lines: list[str]) -> None:
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
+    with proc.stdout:  # closed at EOF, so a finished process leaves no unclosed pipe behind
+        for line in proc.stdout:
+            lines.append(line)
 
 
 @pytest.fixture

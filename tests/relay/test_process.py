@@ -1,0 +1,86 @@
+"""``relay serve`` as a real process: graceful SIGTERM, and a one-line refusal of bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import socketio
+
+from tests.conftest import ROOT, start_relay_process
+from tests.relay.conftest import TIMEOUT, Peers, close_client, unique
+
+
+async def test_sigterm_closes_clients_and_exits_zero() -> None:
+    proc = start_relay_process()
+    peers = Peers(proc.url, "websocket")
+    try:
+        ws = await peers()
+        polling = await peers(transports=["polling"])
+        room = unique()
+        await ws.ok("join", {"room": room})
+        await polling.ok("join", {"room": room})
+        await ws.ok("publish", {"room": room, "data": "before"})
+        assert (await polling.until(lambda e, _: e == "message"))[-1][1]["data"] == "before"
+
+        started = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        for peer in (ws, polling):
+            await asyncio.wait_for(peer.disconnected.wait(), 5)
+        code = await asyncio.to_thread(proc.proc.wait, 10)
+        assert code == 0, "".join(proc.lines)
+        assert time.monotonic() - started < 5
+    finally:
+        await peers.close()
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
+
+
+async def test_sigterm_with_no_clients_exits_zero_at_once() -> None:
+    proc = start_relay_process()
+    sio = socketio.AsyncClient(reconnection=False)
+    try:
+        started = time.monotonic()
+        code = proc.stop(signal.SIGTERM, timeout=10)
+        assert code == 0, "".join(proc.lines)
+        assert time.monotonic() - started < 5
+        # And clients can no longer connect.
+        try:
+            await sio.connect(proc.url, transports=["websocket"], wait_timeout=TIMEOUT)
+        except socketio.exceptions.ConnectionError:
+            pass
+        else:
+            raise AssertionError("a stopped relay accepted a connection")
+    finally:
+        await close_client(sio)
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
+
+
+def run_serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "PORT": "0", "RELAY_HOST": "127.0.0.1", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "serve"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_invalid_settings_exit_non_zero_with_one_line() -> None:
+    # Every variable's parsing is covered by test_settings; this proves the edge of the CLI.
+    result = run_serve({"RELAY_HISTORY_SIZE": "abc"})
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "RELAY_HISTORY_SIZE='abc'" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Uvicorn running" not in result.stdout + result.stderr

@@ -1,0 +1,121 @@
+"""relay.settings: every variable parsed from a plain mapping; bad values named with their key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from relay.errors import ConfigError
+from relay.settings import ENV_KEYS, Settings
+
+VALID: list[tuple[str, str, str, Any]] = [
+    ("RELAY_HOST", " 0.0.0.0 ", "host", "0.0.0.0"),
+    ("PORT", "8080", "port", 8080),
+    ("PORT", "0", "port", 0),
+    ("RELAY_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+    ("RELAY_LOG_LEVEL", "trace", "log_level", "trace"),
+    ("RELAY_MAX_PAYLOAD", "65536", "max_payload", 65536),
+    ("RELAY_MAX_PAYLOAD", "64KiB", "max_payload", 65536),
+    ("RELAY_MAX_PAYLOAD", "64 kb", "max_payload", 64000),
+    ("RELAY_MAX_PAYLOAD", "0.5MiB", "max_payload", 524288),
+    ("RELAY_MAX_PAYLOAD", "100b", "max_payload", 100),
+    ("RELAY_HISTORY_SIZE", "50", "history_size", 50),
+    ("RELAY_HISTORY_SIZE", "0", "history_size", 0),
+    ("RELAY_HISTORY_TTL", "600", "history_ttl", 600.0),
+    ("RELAY_HISTORY_TTL", "10m", "history_ttl", 600.0),
+    ("RELAY_HISTORY_TTL", "250ms", "history_ttl", 0.25),
+    ("RELAY_HISTORY_TTL", "1h", "history_ttl", 3600.0),
+    ("RELAY_HISTORY_TTL", "1.5s", "history_ttl", 1.5),
+    ("RELAY_CORS_ORIGINS", "*", "cors_origins", ("*",)),
+    (
+        "RELAY_CORS_ORIGINS",
+        "https://a.example, http://localhost:3000",
+        "cors_origins",
+        ("https://a.example", "http://localhost:3000"),
+    ),
+    ("RELAY_PING_INTERVAL", "5s", "ping_interval", 5.0),
+    ("RELAY_PING_TIMEOUT", "2500ms", "ping_timeout", 2.5),
+    ("RELAY_MAX_BUFFER", "8MiB", "max_buffer", 8 * 1024 * 1024),
+    ("RELAY_SHUTDOWN_TIMEOUT", "3", "shutdown_timeout", 3.0),
+    ("RELAY_SECRET", "s3cret", "secret", "s3cret"),
+    ("RELAY_SECRET", "  ", "secret", None),
+    ("RELAY_API_KEY", "key", "api_key", "key"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/0", "redis_url", "redis://127.0.0.1:6379/0"),
+]
+
+INVALID: list[tuple[str, str]] = [
+    ("PORT", "http"),
+    ("PORT", "70000"),
+    ("PORT", "-1"),
+    ("RELAY_LOG_LEVEL", "loud"),
+    ("RELAY_MAX_PAYLOAD", "abc"),
+    ("RELAY_MAX_PAYLOAD", "12 parsecs"),
+    ("RELAY_MAX_PAYLOAD", "-5"),
+    ("RELAY_MAX_PAYLOAD", "0"),
+    ("RELAY_MAX_PAYLOAD", "2MiB"),  # does not fit in the 1 MiB transport limit
+    ("RELAY_HISTORY_SIZE", "abc"),
+    ("RELAY_HISTORY_SIZE", "1.5"),
+    ("RELAY_HISTORY_SIZE", "-1"),
+    ("RELAY_HISTORY_TTL", "soon"),
+    ("RELAY_HISTORY_TTL", "10 days"),
+    ("RELAY_CORS_ORIGINS", "example.com"),
+    ("RELAY_CORS_ORIGINS", "https://a.example/path"),
+    ("RELAY_PING_INTERVAL", "fast"),
+    ("RELAY_PING_INTERVAL", "0"),
+    ("RELAY_PING_TIMEOUT", "0ms"),
+    ("RELAY_MAX_BUFFER", "lots"),
+    ("RELAY_MAX_BUFFER", "10"),
+    ("RELAY_SHUTDOWN_TIMEOUT", "never"),
+]
+
+
+@pytest.mark.parametrize(("key", "raw", "field", "expected"), VALID, ids=lambda v: str(v)[:30])
+def test_each_variable_is_parsed(key: str, raw: str, field: str, expected: Any) -> None:
+    assert getattr(Settings.from_env({key: raw}), field) == expected
+
+
+def test_every_variable_is_covered() -> None:
+    assert {key for key, *_ in VALID} == {key for key, _ in ENV_KEYS.values()}
+
+
+@pytest.mark.parametrize(("key", "raw"), INVALID, ids=lambda v: str(v)[:30])
+def test_invalid_values_name_the_variable_and_the_value(key: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({key: raw})
+    message = str(info.value)
+    assert key in message, message
+    assert raw.strip() in message or repr(raw) in message, message
+    assert "\n" not in message
+
+
+def test_the_message_reads_well() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"RELAY_MAX_PAYLOAD": "abc"})
+    assert str(info.value).startswith("RELAY_MAX_PAYLOAD='abc' is not a size")
+
+
+def test_defaults_and_empty_values() -> None:
+    default = Settings()
+    assert Settings.from_env({}) == default
+    assert Settings.from_env({"RELAY_MAX_PAYLOAD": "", "PORT": "  "}) == default
+    assert (default.max_payload, default.history_size, default.history_ttl) == (65536, 1000, 600)
+    assert default.max_frame == 1024 * 1024 and default.secret is None
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    assert Settings.from_env({"HOME": "/root", "RELAY_UNKNOWN": "x"}) == Settings()
+
+
+def test_overrides_win_and_none_means_not_given() -> None:
+    env = {"PORT": "9000", "RELAY_HISTORY_SIZE": "5"}
+    s = Settings.from_env(env, port=1234, history_size=None)
+    assert (s.port, s.history_size) == (1234, 5)
+
+
+def test_settings_are_frozen_and_replace_makes_a_copy() -> None:
+    s = Settings()
+    t = s.replace(history_size=3)
+    assert (s.history_size, t.history_size) == (1000, 3)
+    with pytest.raises(AttributeError):
+        s.history_size = 4  # type: ignore[misc]
