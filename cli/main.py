@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import serve
+from cli import listen, loadtest, send, serve, token
 
 app = typer.Typer(
     name="relay",
@@ -14,6 +14,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(serve.app)
+app.add_typer(loadtest.app)
+app.add_typer(send.app)
+app.add_typer(listen.app)
+app.add_typer(token.app)
 
 
 def main() -> None:

@@ -1,0 +1,118 @@
+"""A load test's options: one frozen dataclass, from CLI flags and/or a TOML scenario file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODES = ("broadcast", "unicast", "mixed")
+TRANSPORTS = ("websocket", "polling")
+
+
+class ScenarioError(ValueError):
+    """An option has a value the load test cannot run with; the message names it."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything a run needs. Field names are the TOML keys (``max_p99_ms`` = ``--max-p99-ms``)."""
+
+    url: str = "http://127.0.0.1:8000"
+    clients: int = 100
+    rooms: int = 10
+    mode: str = "broadcast"
+    rate: float = 100.0
+    duration: float = 10.0
+    publishers: int | None = None
+    payload: int = 64
+    connect_rate: float | None = None
+    connect_timeout: float = 20.0
+    concurrency: int = 200
+    transport: str = "websocket"
+    workers: int = 0
+    drain: float = 5.0
+    ramp: bool = False
+    ramp_factor: float = 1.5
+    ramp_steps: int = 12
+    max_p99_ms: float | None = None
+    max_loss: float | None = None
+    min_rate: float | None = None
+    max_time: float = 900.0
+    token: str | None = None
+    user_prefix: str | None = None
+    seed: int = 1
+
+    @property
+    def worker_count(self) -> int:
+        n = self.workers or os.cpu_count() or 1
+        return max(1, min(n, self.clients))
+
+    @property
+    def publisher_count(self) -> int:
+        return self.clients if self.publishers is None else self.publishers
+
+    def replace(self, **changes: Any) -> Scenario:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> Scenario:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ScenarioError(what)
+
+        need(self.mode in MODES, f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        need(
+            self.transport in TRANSPORTS,
+            f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}",
+        )
+        need(
+            self.url.startswith(("http://", "https://", "ws://", "wss://")),
+            f"url {self.url!r} is not an http(s) or ws(s) URL",
+        )
+        need(self.clients >= 1, f"clients must be at least 1, got {self.clients}")
+        need(self.rooms >= 1, f"rooms must be at least 1, got {self.rooms}")
+        need(self.rate > 0, f"rate must be positive, got {self.rate}")
+        need(self.duration > 0, f"duration must be positive, got {self.duration}")
+        need(self.payload >= 0, f"payload must be 0 or more bytes, got {self.payload}")
+        need(self.publisher_count >= 1, f"publishers must be at least 1, got {self.publishers}")
+        need(self.workers >= 0, f"workers must be 0 (auto) or more, got {self.workers}")
+        need(self.drain >= 0, f"drain must be 0 or more seconds, got {self.drain}")
+        need(self.max_time > 0, f"max_time must be positive, got {self.max_time}")
+        need(self.ramp_factor > 1, f"ramp_factor must be above 1, got {self.ramp_factor}")
+        need(
+            self.connect_rate is None or self.connect_rate > 0,
+            f"connect_rate must be positive, got {self.connect_rate}",
+        )
+        need(
+            self.max_loss is None or 0 <= self.max_loss <= 1,
+            f"max_loss is a ratio between 0 and 1, got {self.max_loss}",
+        )
+        need(self.mode == "broadcast" or self.clients >= 2, "unicast needs at least 2 clients")
+        return self
+
+    @classmethod
+    def load(cls, path: Path | None, overrides: dict[str, Any]) -> Scenario:
+        """TOML file values (if any), then every override that is not None."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                raw = tomllib.loads(path.read_text())
+            except OSError as exc:
+                raise ScenarioError(f"cannot read scenario {path}: {exc.strerror}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ScenarioError(f"scenario {path} is not valid TOML: {exc}") from None
+            table = raw.get("loadtest", raw)
+            known = {f.name for f in dataclasses.fields(cls)}
+            for key, value in table.items():
+                name = key.replace("-", "_")
+                if name not in known:
+                    raise ScenarioError(f"scenario {path}: unknown option {key!r}")
+                values[name] = value
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values).validate()
+        except TypeError as exc:
+            raise ScenarioError(str(exc)) from None

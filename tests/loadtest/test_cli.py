@@ -1,0 +1,104 @@
+"""``relay loadtest`` as a user runs it: JSON, report files, SLO exit codes, errors, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ROOT, free_port
+from tests.loadtest.faulty_server import Faults, serve_faulty
+
+BASE = ["--clients", "20", "--rooms", "2", "--rate", "20", "--duration", "1", "--workers", "1",
+        "--drain", "3"]  # fmt: skip
+
+
+def loadtest(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "loadtest", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_json_report_and_html(live_relay: Any, tmp_path: Path) -> None:
+    out, page = tmp_path / "r.json", tmp_path / "r.html"
+    p = loadtest("--url", live_relay.url, *BASE, "--json", "--report", str(out),
+                 "--html", str(page), "--max-p99-ms", "5000", "--max-loss", "0")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report == json.loads(out.read_text())
+    assert report["lost"] == 0 and report["received"] == report["expected"] == 200
+    assert report["slo"] == {"passed": True, "failures": []}
+    html = page.read_text()
+    assert "<svg" in html and "http" not in html.replace(live_relay.url, "").replace(
+        "http://www.w3.org/2000/svg", ""
+    )
+
+
+def test_missed_slo_exits_1_naming_it(live_relay: Any) -> None:
+    p = loadtest("--url", live_relay.url, *BASE, "--max-p99-ms", "0.001", "--min-rate", "1e9")
+    assert p.returncode == 1
+    assert "--max-p99-ms" in p.stdout and "--min-rate" in p.stdout
+    assert "lost" in p.stdout  # the final table is still printed
+
+
+def test_ramp_reports_steps_and_highest_sustained_rate(live_relay: Any) -> None:
+    p = loadtest("--url", live_relay.url, *BASE, "--ramp", "--ramp-steps", "2", "--json",
+                 "--max-p99-ms", "5000")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    ramp = json.loads(p.stdout)["ramp"]
+    assert [s["rate"] for s in ramp["steps"]] == [20, 30]
+    assert ramp["max_sustained_rate"] == 30
+    assert all(s["lost"] == 0 for s in ramp["steps"])
+
+
+def test_refused_connection_is_one_line_error() -> None:
+    p = loadtest("--url", f"http://127.0.0.1:{free_port()}", *BASE, "--json")
+    assert p.returncode == 1
+    assert p.stdout == ""
+    assert "Traceback" not in p.stderr and "could connect" in p.stderr
+
+
+def test_bad_option_is_rejected(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('mode = "multicast"\n')
+    p = loadtest("--scenario", str(scenario))
+    assert p.returncode == 2 and "multicast" in p.stderr
+
+
+def test_scenario_file_drives_the_run(live_relay: Any, tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        f'[loadtest]\nurl = "{live_relay.url}"\nclients = 10\nrooms = 1\nrate = 10\n'
+        'duration = 1\nworkers = 1\ndrain = 3\nmode = "unicast"\n'
+    )
+    p = loadtest("--scenario", str(scenario), "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert (report["mode"], report["clients"], report["expected"]) == ("unicast", 10, 10)
+
+
+def test_ctrl_c_stops_cleanly_and_still_reports() -> None:
+    faults = Faults(drop_every=10**9, dup_every=10**9, hold_every=10**9)
+    with serve_faulty(faults) as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "loadtest", "--url", url, "--clients", "10",
+             "--rooms", "1", "--rate", "20", "--duration", "60", "--workers", "1", "--json"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while faults.publishes < 5:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["interrupted"] is True
+    assert 5 <= report["published"] < 1200
+    keys = ("published", "acked", "expected", "received", "lost", "late", "stop_reason")
+    assert report["received"] > 0 and report["lost"] == 0, ({k: report[k] for k in keys}, faults)

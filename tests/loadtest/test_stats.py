@@ -1,0 +1,125 @@
+"""Pure accounting and histogram tests: no sockets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from loadtest import stats
+from loadtest.workers import PhaseResult
+
+
+def feed(seqs: list[int], key: int = 1) -> stats.Accounting:
+    acc = stats.Accounting()
+    for s in seqs:
+        acc.record(key, s)
+    return acc
+
+
+@pytest.mark.parametrize(
+    ("seqs", "unique", "dups", "ooo"),
+    [
+        ([0, 1, 2, 3], 4, 0, 0),
+        ([0, 1, 1, 2], 3, 1, 0),
+        ([0, 2, 1, 3], 4, 0, 1),  # 1 arrives after 2
+        ([0, 2, 3], 3, 0, 0),  # 1 lost: not out of order, just missing
+        ([1, 0], 2, 0, 1),
+        ([0, 3, 3, 1, 2, 2, 1], 4, 3, 2),
+        ([5, 5, 4, 0], 3, 1, 2),
+    ],
+)
+def test_accounting_counts_exactly(seqs: list[int], unique: int, dups: int, ooo: int) -> None:
+    acc = feed(seqs)
+    assert (acc.unique, acc.duplicates, acc.out_of_order) == (unique, dups, ooo)
+    assert acc.received == len(seqs)
+    assert acc.unique_in(1) == unique
+
+
+def test_streams_are_independent_and_gaps_close() -> None:
+    acc = stats.Accounting()
+    for s in [0, 2, 1]:
+        acc.record(stats.stream_key(0, stats.stream_id(3, False)), s)
+    for s in [0, 1]:
+        acc.record(stats.stream_key(1, stats.stream_id(3, False)), s)
+    acc.record(stats.stream_key(0, stats.stream_id(3, True)), 0)
+    assert (acc.unique, acc.out_of_order, acc.duplicates) == (6, 1, 0)
+    # once the gap closes the stream is back on the fast path (no set kept)
+    assert all(st[2] is None for st in acc.streams.values())
+
+
+def test_random_faults_match_a_brute_force_model() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        seqs = [rng.randrange(30) for _ in range(rng.randrange(1, 60))]
+        seen: set[int] = set()
+        highest = -1
+        dups = ooo = 0
+        for s in seqs:
+            if s in seen:
+                dups += 1
+                continue
+            if s < highest:
+                ooo += 1
+            highest = max(highest, s)
+            seen.add(s)
+        acc = feed(seqs)
+        assert (acc.unique, acc.duplicates, acc.out_of_order) == (len(seen), dups, ooo)
+
+
+def test_expected_deliveries() -> None:
+    assert stats.expected_deliveries({0: 10, 1: 5}, {0: 3, 1: 4}, unicast=7) == 30 + 20 + 7
+
+
+def test_quantize_is_hdr_resolution() -> None:
+    hist = stats.new_histogram()
+    for v in [0, 1, 2047, 2048, 2049, 4097, 123_456, 9_876_543]:
+        q = stats.quantize(v)
+        assert q <= v
+        assert hist.get_lowest_equivalent_value(v) == hist.get_lowest_equivalent_value(q)
+
+
+def test_counts_fold_into_hdr_like_direct_records() -> None:
+    rng = random.Random(1)
+    values = [int(rng.lognormvariate(8, 2)) for _ in range(5000)]
+    direct = stats.new_histogram()
+    counts = stats.Counts()
+    for v in values:
+        direct.record_value(v)
+        counts.record(v)
+    folded = stats.new_histogram()
+    counts.drain_into(folded)
+    assert counts.buckets == {}
+    for p in (50, 90, 99, 99.9, 100):
+        assert folded.get_value_at_percentile(p) == direct.get_value_at_percentile(p)
+    assert folded.get_total_count() == len(values)
+
+
+def test_merge_of_encoded_parts_equals_the_whole() -> None:
+    rng = random.Random(2)
+    parts = [[rng.randrange(1, 10_000_000) for _ in range(1000)] for _ in range(3)]
+    whole = stats.new_histogram()
+    encoded = []
+    for part in parts:
+        h = stats.new_histogram()
+        for v in part:
+            h.record_value(v)
+            whole.record_value(v)
+        encoded.append(stats.encode(h))
+    merged = stats.merge(encoded)
+    assert merged.get_total_count() == 3000
+    for p in (1, 50, 99, 99.99):
+        assert merged.get_value_at_percentile(p) == whole.get_value_at_percentile(p)
+    assert merged.get_max_value() == whole.get_max_value()
+    # averaging the parts' p99s would not give this: the merge is bucket by bucket
+    summary = stats.summary_ms(merged, stats.LATENCY_PERCENTILES)
+    assert set(summary) == {"p50", "p90", "p99", "p999", "max"}
+
+
+def test_phase_result_lost_and_rate() -> None:
+    counts = dict.fromkeys(
+        ("published", "acked", "rejected", "expected", "received", "unique", "duplicates",
+         "out_of_order", "late"), 0)  # fmt: skip
+    counts.update(expected=100, unique=97, received=99)
+    p = PhaseResult(0, 10, 1, counts, stats.new_histogram(), 2.0, 0.5, 0.1, 0.1, {})
+    assert p.lost == 3 and p.deliveries_per_s == 198
