@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +19,11 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from relay import __version__, handlers
+from relay import __version__, handlers, names
+from relay.api import Api
 from relay.service import Relay
 from relay.settings import Settings
+from relay.sio import RelayManager, RelaySocketIO
 from relay.transport import EngineIOTransport
 
 log = logging.getLogger("relay")
@@ -47,12 +50,25 @@ class OrjsonModule:
 
     @staticmethod
     def loads(text: str | bytes, **_: Any) -> Any:
-        return orjson.loads(text)
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            # Too deep to decode: keep the event's name (and so its ack) and let the handlers
+            # answer bad_request, instead of dropping the packet without a word.
+            start = text[:100] if isinstance(text, str) else text[:100].decode("latin-1")
+            head = _EVENT_HEAD.match(start)
+            if "depth" not in str(exc).lower() or head is None:
+                raise
+            return [orjson.loads(head.group(1)), names.NESTED_TOO_DEEPLY]
+
+
+_EVENT_HEAD = re.compile(r'\s*\[\s*("[A-Za-z0-9_\-.:@/]{1,64}")\s*,')
 
 
 def build_sio(settings: Settings) -> socketio.AsyncServer:
     origins: str | list[str] = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
-    return socketio.AsyncServer(
+    return RelaySocketIO(
+        client_manager=RelayManager(),
         async_mode="asgi",
         json=OrjsonModule,
         async_handlers=False,  # a client's events run in the order it sent them
@@ -60,6 +76,7 @@ def build_sio(settings: Settings) -> socketio.AsyncServer:
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         max_http_buffer_size=settings.max_frame,
+        max_buffer=settings.max_buffer,  # per-connection send buffer (relay.engine)
         logger=False,
         engineio_logger=False,
     )
@@ -71,6 +88,10 @@ async def drain(sio: socketio.AsyncServer) -> None:
     for sock in sockets:
         with contextlib.suppress(Exception):
             await sock.close(wait=False, abort=False)
+        # Release a long-poll GET still parked on the queue: a session that was already closed
+        # (e.g. refused at connect, then closed by its client) is never woken by close(), and
+        # its GET would hold shutdown for the whole graceful timeout.
+        sock.queue.put_nowait(None)
     log.info("closed %d client sessions", len(sockets))
 
 
@@ -116,6 +137,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await sio.shutdown()
 
     routes = [
+        *Api(relay, settings).routes(),
         Route("/", index),
         Route("/healthz", healthz),
         Mount("/socket.io", app=socketio.ASGIApp(sio, socketio_path="socket.io")),

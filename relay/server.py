@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import copy
 import logging
+from types import FrameType
 from typing import Any
 
 import uvicorn
 
+from relay import gctune
 from relay.app import create_app, drain
+from relay.fastws import FastWebSocketProtocol
 from relay.settings import Settings
 
 log = logging.getLogger("relay")
@@ -23,6 +26,14 @@ class RelayServer(uvicorn.Server):
     (rather than dropping sockets) ends long-polls at once and tells clients to reconnect.
     """
 
+    #: tune the garbage collector once started (process-wide: ``relay serve`` only)
+    tune_gc = False
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.tune_gc:
+            gctune.tune()
+
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
         for server in self.servers:
             server.close()
@@ -32,6 +43,12 @@ class RelayServer(uvicorn.Server):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(drain(sio), timeout=self.config.timeout_graceful_shutdown)
         await super().shutdown(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal once shut down, so the process would end killed by
+        # SIGTERM (exit 143); after relay's drained shutdown a SIGTERM/SIGINT stop exits 0.
+        self._captured_signals.clear()
 
 
 def log_config(level: str) -> dict[str, Any]:
@@ -54,7 +71,7 @@ def uvicorn_config(settings: Settings, **extra: Any) -> uvicorn.Config:
         log_level=settings.log_level,
         loop="auto",  # uvloop when installed
         http="auto",  # httptools when installed
-        ws="auto",
+        ws=FastWebSocketProtocol,  # uvicorn's, plus relay's pre-encoded-frame fast path
         ws_max_size=settings.max_frame,
         ws_ping_interval=None,  # Engine.IO pings already; a second ping doubles idle wake-ups
         ws_ping_timeout=None,
@@ -70,4 +87,5 @@ def uvicorn_config(settings: Settings, **extra: Any) -> uvicorn.Config:
 def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; returns normally after a clean shutdown."""
     server = RelayServer(uvicorn_config(settings))
+    server.tune_gc = True
     server.run()

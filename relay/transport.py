@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from engineio import packet as eio_packet
 
+from relay.fastws import text_frame
+
 
 class Transport(Protocol):
     """Where the relay core's packets go. Implementations must not await."""
@@ -26,7 +28,13 @@ class Transport(Protocol):
 
 
 class EngineIOTransport:
-    """Writes into python-engineio's per-socket queues, bypassing per-recipient tasks."""
+    """Delivers straight to each connection, bypassing per-recipient tasks.
+
+    A websocket served by relay's own protocol (:mod:`relay.fastws`) gets the packet as a
+    WebSocket frame encoded once for all recipients and written without a task or a queue;
+    any other connection (HTTP long-polling) gets it through python-engineio's queue, as one
+    shared Engine.IO packet object that caches its own encoding.
+    """
 
     def __init__(self, eio: Any) -> None:
         self._eio = eio
@@ -39,22 +47,18 @@ class EngineIOTransport:
 
     def detach(self, sid: str) -> None:
         sock = self._sockets.pop(sid, None)
-        if sock is not None:
+        if sock is not None and getattr(sock, "fast", None) is None:
             # Release a long-poll GET still parked on this socket's queue (and a websocket
             # writer): without it a polling client's goodbye hangs until the next ping.
             sock.queue.put_nowait(None)
 
     def send(self, sid: str, packet: str) -> bool:
-        sock = self._sockets.get(sid)
-        if sock is None or sock.closing or sock.closed:
-            return False
-        sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, packet))
-        return True
+        return self.send_many((sid,), packet) == 1
 
     def send_many(self, sids: Iterable[str], packet: str, skip: str | None = None) -> int:
-        # One Engine.IO packet object for everyone: it caches its own encoding.
-        pkt = eio_packet.Packet(eio_packet.MESSAGE, packet)
         sockets = self._sockets
+        frame: bytes | None = None
+        pkt: Any = None
         sent = 0
         for sid in sids:
             if sid == skip:
@@ -62,6 +66,15 @@ class EngineIOTransport:
             sock = sockets.get(sid)
             if sock is None or sock.closing or sock.closed:
                 continue
+            fast = getattr(sock, "fast", None)
+            if fast is not None:
+                if frame is None:
+                    frame = text_frame("4" + packet)
+                if fast.write_frame(frame):
+                    sent += 1
+                continue
+            if pkt is None:
+                pkt = eio_packet.Packet(eio_packet.MESSAGE, packet)
             sock.queue.put_nowait(pkt)
             sent += 1
         return sent

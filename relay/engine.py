@@ -1,0 +1,342 @@
+"""relay's Engine.IO server: python-engineio's, with fewer tasks and a direct websocket path.
+
+What differs from python-engineio's own ``AsyncServer`` (the wire protocol does not):
+
+- A websocket connection served by :class:`relay.fastws.FastWebSocketProtocol` has no writer
+  task and no packet queue: every packet, pre-encoded, becomes a frame written straight to the
+  connection (coalesced per loop iteration), in the order it was sent. Polling connections,
+  and websockets under another uvicorn protocol, keep python-engineio's queue.
+- The reader loop awaits the next message directly (python-engineio wraps every read in a new
+  task and a timeout).
+- One :class:`PingScheduler` per server pings every connection and closes the silent ones,
+  instead of a task per ping and a service task walking every socket every few milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import engineio
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio import payload as eio_payload
+from engineio.async_socket import AsyncSocket
+
+from relay import fastws
+
+log = logging.getLogger("relay.engine")
+
+_MESSAGE = eio_packet.MESSAGE
+
+#: python-engineio clients refuse a long-polling payload of more than 16 packets (and drop the
+#: connection), so a poll answers with at most this many; the rest wait for the next poll.
+MAX_POLL_PACKETS = 16
+
+
+class _Payload(eio_payload.Payload):  # type: ignore[misc]
+    # python-engineio's default (16) rejects a POST batching more packets, which clients do
+    # under load; the body's byte limit (max_http_buffer_size) is the bound that matters.
+    max_decode_packets = 1 << 20
+
+
+class RelaySocket(AsyncSocket):  # type: ignore[misc]
+    """One Engine.IO session; ``fast`` is its websocket once it has one."""
+
+    server: RelayEngine
+    last_ping: float | None
+    connected: bool
+    upgraded: bool
+    upgrading: bool
+    closing: bool
+    closed: bool
+
+    def __init__(self, server: RelayEngine, sid: str) -> None:
+        super().__init__(server, sid)
+        self.fast: fastws.FastWebSocketProtocol | None = None
+        self.ping_seq = 0
+        self._fast_candidate: fastws.FastWebSocketProtocol | None = None
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def push(self, pkt: Any) -> bool:
+        """Send ``pkt`` now, without awaiting: a frame on the fast path, else the queue."""
+        if self.closed:
+            return False
+        fast = self.fast
+        if fast is not None:
+            encoded = pkt.encode()
+            if isinstance(encoded, str):
+                return fast.write_frame(fastws.text_frame(encoded))
+            return fast.write_frame(fastws.binary_frame(encoded))
+        self.queue.put_nowait(pkt)  # (a silent peer is closed by the PingScheduler)
+        return True
+
+    async def send(self, pkt: Any) -> None:
+        if self.fast is not None:
+            if not self.closed:
+                self.push(pkt)
+            return
+        await super().send(pkt)
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        fast = self.fast
+        await super().close(wait=wait and fast is None, abort=abort, reason=reason)
+        if fast is not None and not abort and fast.open:
+            # after the CLOSE packet, close the websocket too, in case the client never does
+            with contextlib.suppress(Exception):
+                await fast.send({"type": "websocket.close", "code": 1000})
+
+    # -- long-polling --------------------------------------------------------------------------
+
+    async def poll(self) -> list[Any]:
+        """The packets for one long-poll response (python-engineio's, capped)."""
+        queue = self.queue
+        try:
+            first = await asyncio.wait_for(
+                queue.get(), self.server.ping_interval + self.server.ping_timeout
+            )
+            queue.task_done()
+        except (TimeoutError, asyncio.CancelledError):
+            raise eio_exceptions.QueueEmpty() from None
+        if first is None:
+            return []
+        packets = [first]
+        while len(packets) < MAX_POLL_PACKETS and not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                queue.put_nowait(None)  # the close marker stays for the next poll
+                break
+            packets.append(pkt)
+        return packets
+
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        length = int(environ.get("CONTENT_LENGTH", "0"))
+        if length > self.server.max_http_buffer_size:
+            raise eio_exceptions.ContentTooLongError()
+        body = (await environ["wsgi.input"].read(length)).decode("utf-8")
+        for pkt in _Payload(encoded_payload=body).packets:
+            await self.receive(pkt)
+
+    # -- pings ---------------------------------------------------------------------------------
+
+    def schedule_ping(self) -> None:
+        # like python-engineio: only after the previous ping was answered (or at open)
+        if self.last_ping:
+            self.last_ping = None
+            self.server.pings.schedule(self)
+
+    # -- websocket -----------------------------------------------------------------------------
+
+    async def _upgrade_websocket(self, environ: dict[str, Any]) -> Any:
+        scope = environ.get("asgi.scope") or {}
+        candidate = (scope.get("extensions") or {}).get(fastws.EXTENSION)
+        if isinstance(candidate, fastws.FastWebSocketProtocol):
+            self._fast_candidate = candidate
+        return await super()._upgrade_websocket(environ)
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        fast = self._fast_candidate
+        self._fast_candidate = None
+        if fast is None:
+            await super()._websocket_handler(ws)
+            return
+        if self.connected:
+            if not await self._probe(ws):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        fast.limit = self.server.max_buffer
+        self.fast = fast
+        # what was queued before the switch (the OPEN packet, early acks) goes first, in order
+        while not self.queue.empty():
+            pkt = self.queue.get_nowait()
+            self.queue.task_done()
+            if pkt is not None:
+                self.push(pkt)
+        reason = self.server.reason.TRANSPORT_CLOSE
+        limit = self.server.max_http_buffer_size
+        receive = self.receive
+        on_message = self.server.handlers.get("message")
+        sid = self.sid
+        try:
+            while True:
+                try:
+                    data = await ws.wait()
+                except (OSError, asyncio.CancelledError):
+                    break
+                if data is None:
+                    break
+                if len(data) > limit:
+                    break
+                if on_message is not None and type(data) is str and data[:1] == "4":
+                    # an Engine.IO MESSAGE: straight to Socket.IO, no packet object, no closure
+                    try:
+                        await on_message(sid, data[1:])
+                    except Exception:
+                        log.exception("error handling a message from %s", sid)
+                    continue
+                try:
+                    await receive(eio_packet.Packet(encoded_packet=data))
+                except eio_exceptions.UnknownPacketError:
+                    pass
+                except eio_exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    log.exception("error handling a packet from %s", self.sid)
+        finally:
+            if fast.drop_reason is not None:
+                reason = fast.drop_reason
+            await self.close(wait=False, abort=True, reason=reason)
+            self.fast = None
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def _probe(self, ws: Any) -> bool:
+        """The polling -> websocket upgrade handshake (PING probe, PONG probe, UPGRADE)."""
+        self.upgrading = True
+        try:
+            pkt = eio_packet.Packet(encoded_packet=await ws.wait())
+            if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
+                return False
+            await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            pkt = eio_packet.Packet(encoded_packet=await ws.wait())
+            if pkt.packet_type != eio_packet.UPGRADE:
+                return False
+        except OSError:
+            return False
+        finally:
+            self.upgrading = False
+        self.upgraded = True
+        # the NOOP for the last poll may still sit in the queue; the websocket must not get it
+        kept = []
+        while not self.queue.empty():
+            queued = self.queue.get_nowait()
+            self.queue.task_done()
+            if queued is not None and queued.packet_type != eio_packet.NOOP:
+                kept.append(queued)
+        for queued in kept:
+            self.queue.put_nowait(queued)
+        return True
+
+
+class PingScheduler:
+    """Engine.IO heartbeats for every connection from one task, in time buckets.
+
+    A connection is pinged ``ping_interval`` after it opened or answered the last ping; one that
+    has not answered ``ping_timeout`` after a ping is closed (reason ``ping timeout``). Buckets
+    are a second wide (a quarter of the shorter interval when that is under four seconds).
+    """
+
+    def __init__(self, server: RelayEngine) -> None:
+        self.server = server
+        self.tick = max(0.01, min(1.0, min(server.ping_interval, server.ping_timeout) / 4))
+        self._due: defaultdict[int, list[tuple[RelaySocket, int]]] = defaultdict(list)
+        self._task: asyncio.Task[None] | None = None
+        self._next = 0
+
+    def _slot(self, delay: float) -> int:
+        return int((time.monotonic() + delay) / self.tick) + 1
+
+    def _at(self, delay: float, sock: RelaySocket, seq: int) -> None:
+        self._due[self._slot(delay)].append((sock, seq))
+        if self._task is None or self._task.done():
+            self._next = self._slot(0) - 1
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="relay-pings")
+
+    def schedule(self, sock: RelaySocket) -> None:
+        """Ping ``sock`` one interval from now."""
+        self._at(self.server.ping_interval, sock, 0)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._due.clear()
+
+    async def _run(self) -> None:
+        while self._due:
+            await asyncio.sleep(self.tick)
+            now = self._slot(0) - 1
+            while self._next <= now:
+                batch = self._due.pop(self._next, None)
+                self._next += 1
+                if batch:
+                    await self._fire(batch)
+
+    async def _fire(self, batch: list[tuple[RelaySocket, int]]) -> None:
+        ping = eio_packet.Packet(eio_packet.PING)
+        for sock, seq in batch:
+            if sock.closing or sock.closed:
+                continue
+            if seq == 0:  # time to ping
+                sock.ping_seq += 1
+                sock.last_ping = time.time()
+                sock.push(ping)
+                self._at(self.server.ping_timeout, sock, sock.ping_seq)
+            elif seq == sock.ping_seq and sock.last_ping:  # that ping was never answered
+                await self._expire(sock)
+
+    async def _expire(self, sock: RelaySocket) -> None:
+        fast = sock.fast
+        try:
+            await sock.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)
+        except Exception:
+            log.exception("closing %s after a ping timeout", sock.sid)
+        if fast is not None:
+            fast.abort("ping timeout")
+        self.server.sockets.pop(sock.sid, None)
+
+
+class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's ASGI server with :class:`RelaySocket` sessions."""
+
+    def __init__(self, *args: Any, max_buffer: int = 4 * 1024 * 1024, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_buffer = max_buffer
+        self.start_service_task = False  # the PingScheduler does its job
+        self.pings = PingScheduler(self)
+
+    async def _handle_connect(
+        self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
+    ) -> Any:
+        sid = self.generate_id()
+        sock = RelaySocket(self, sid)
+        self.sockets[sid] = sock
+        opened = {
+            "sid": sid,
+            "upgrades": self._upgrades(sid, transport),
+            "pingTimeout": int(self.ping_timeout * 1000),
+            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
+            "maxPayload": self.max_http_buffer_size,
+        }
+        sock.queue.put_nowait(eio_packet.Packet(eio_packet.OPEN, opened))
+        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        if accepted is not None and accepted is not True:
+            self.sockets.pop(sid, None)
+            return self._unauthorized(accepted or None)
+        sock.schedule_ping()
+        if transport == "websocket":
+            result = await sock.handle_get_request(environ)
+            if sock.closed:
+                self.sockets.pop(sid, None)
+            return result
+        sock.connected = True
+        try:
+            return self._ok(await sock.poll(), jsonp_index=jsonp_index)
+        except eio_exceptions.QueueEmpty:
+            return self._bad_request()
+
+    async def shutdown(self) -> None:
+        self.pings.stop()
+        await super().shutdown()
+
+
+__all__ = ["PingScheduler", "RelayEngine", "RelaySocket"]

@@ -1,0 +1,116 @@
+"""relay's fast path: pre-encoded websocket frames, one ping scheduler, O(1) disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import socketio
+from websockets.frames import Frame
+
+from relay.fastws import text_frame
+from relay.settings import Settings
+from relay.sio import RelayManager
+from tests.conftest import LiveRelay, serve_in_thread, wait_for
+
+
+def _parse(data: bytes) -> Frame:
+    """Parse one server frame with the websockets library's own (independent) parser."""
+
+    def reader(n: int) -> Any:
+        nonlocal data
+        chunk, data = data[:n], data[n:]
+        if False:  # pragma: no cover - makes this a generator
+            yield
+        return chunk
+
+    gen = Frame.parse(reader, mask=False)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as done:
+        frame: Frame = done.value
+        return frame
+
+
+def test_frames_match_the_rfc_for_every_length_class() -> None:
+    for size in (0, 1, 125, 126, 65535, 65536, 70000):
+        body = "é" * (size // 2) + "x" * (size % 2)
+        frame = _parse(text_frame(body))
+        assert frame.fin and frame.opcode.name == "TEXT"
+        assert frame.data.decode() == body
+
+
+async def test_websocket_clients_get_the_fast_path_in_order(live_relay: LiveRelay) -> None:
+    ws, poll, upgraded = (socketio.AsyncClient() for _ in range(3))
+    got: dict[str, list[int]] = {"ws": [], "poll": [], "upgraded": []}
+    for name, client in (("ws", ws), ("poll", poll), ("upgraded", upgraded)):
+        client.on("message", lambda env, name=name: got[name].append(env["data"]))
+    await ws.connect(live_relay.url, transports=["websocket"])
+    await poll.connect(live_relay.url, transports=["polling"])
+    await upgraded.connect(live_relay.url)  # polling first, then the upgrade
+    try:
+        eio = live_relay.app.state.sio.eio
+        await wait_for(lambda: eio.sockets[upgraded.eio.sid].fast is not None)
+        assert eio.sockets[ws.eio.sid].fast is not None
+        assert eio.sockets[poll.eio.sid].fast is None
+        for client in (ws, poll, upgraded):
+            assert (await client.call("join", {"room": "burst"}))["ok"] is True
+        # a burst: many publishes handled in one loop iteration get coalesced into one write
+        acks = await asyncio.gather(
+            *(ws.call("publish", {"room": "burst", "data": i}) for i in range(200))
+        )
+        assert [a["offset"] for a in acks] == list(range(1, 201))
+        await wait_for(lambda: all(len(v) == 200 for v in got.values()), timeout=20)
+        assert got["ws"] == got["poll"] == got["upgraded"] == list(range(200))
+    finally:
+        for client in (ws, poll, upgraded):
+            await client.disconnect()
+
+
+async def test_pings_keep_live_clients_and_drop_silent_ones() -> None:
+    settings = Settings(ping_interval=0.2, ping_timeout=0.4)
+    with serve_in_thread(settings) as live:
+        client = socketio.AsyncClient()
+        await client.connect(live.url, transports=["websocket"])
+        eio = live.app.state.sio.eio
+        sock = eio.sockets[client.eio.sid]
+        try:
+            # the client answers: several ping cycles pass and it stays connected
+            await wait_for(lambda: sock.ping_seq >= 4, timeout=10)
+            assert client.connected and not sock.closed
+            # a client that stops answering pings is closed, and forgotten by the server
+            real_send = client.eio._send_packet
+
+            async def no_pong(pkt: Any) -> None:
+                if pkt.packet_type != 3:  # PONG
+                    await real_send(pkt)
+
+            client.eio._send_packet = no_pong
+            await wait_for(lambda: sock.closed, timeout=10)
+            await wait_for(lambda: client.eio.sid not in eio.sockets, timeout=10)
+            assert len(live.relay.registry) == 0
+        finally:
+            await client.disconnect()
+            # dropped by the server, the client may leave its HTTP session to the GC: close it
+            http = getattr(client.eio, "http", None)
+            if http is not None and not http.closed:
+                await http.close()
+
+
+def test_manager_disconnect_walks_only_the_clients_rooms() -> None:
+    manager = RelayManager()
+    manager.rooms = {}
+    for i in range(50):
+        manager.basic_enter_room(f"s{i}", "/", None, eio_sid=f"e{i}")
+        manager.basic_enter_room(f"s{i}", "/", f"s{i}", eio_sid=f"e{i}")
+    manager.basic_enter_room("s1", "/", "shared")
+    manager.basic_enter_room("s2", "/", "shared")
+    manager.basic_disconnect("s1", "/")
+    assert "s1" not in manager.rooms["/"]
+    assert "s1" not in manager.rooms["/"][None]
+    assert dict(manager.rooms["/"]["shared"]) == {"s2": "e2"}
+    for i in range(50):
+        manager.basic_disconnect(f"s{i}", "/")
+    assert manager.rooms == {}
+    assert manager._entered == {}
