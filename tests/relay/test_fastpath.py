@@ -71,7 +71,8 @@ async def test_websocket_clients_get_the_fast_path_in_order(live_relay: LiveRela
 async def test_pings_keep_live_clients_and_drop_silent_ones() -> None:
     settings = Settings(ping_interval=0.2, ping_timeout=0.4)
     with serve_in_thread(settings) as live:
-        client = socketio.AsyncClient()
+        # no reconnection: a reconnect attempt would open a new session behind the test's back
+        client = socketio.AsyncClient(reconnection=False)
         await client.connect(live.url, transports=["websocket"])
         eio = live.app.state.sio.eio
         sock = eio.sockets[client.eio.sid]
@@ -92,7 +93,11 @@ async def test_pings_keep_live_clients_and_drop_silent_ones() -> None:
             assert len(live.relay.registry) == 0
         finally:
             await client.disconnect()
-            # dropped by the server, the client may leave its HTTP session to the GC: close it
+            # dropped by the server, the client leaves its websocket and HTTP session to the
+            # GC: close both here, so no unclosed-connection warning lands on a later test
+            ws = getattr(client.eio, "ws", None)
+            if ws is not None and not ws.closed:
+                await ws.close()
             http = getattr(client.eio, "http", None)
             if http is not None and not http.closed:
                 await http.close()
