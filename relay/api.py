@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from relay import names
-from relay.errors import BadRequest, Internal, RelayError, TooLarge, Unauthorized
+from relay.errors import BadRequest, Internal, NotFound, RelayError, TooLarge, Unauthorized
 from relay.service import HTTP_SENDER, Relay
 from relay.settings import Settings
 
@@ -26,6 +26,7 @@ log = logging.getLogger("relay.api")
 
 HISTORY_LIMIT_DEFAULT = 100
 HISTORY_LIMIT_MAX = 1000
+ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -61,12 +62,31 @@ class Api:
     def routes(self) -> list[Route]:
         wrap = self._guard
         return [
-            Route("/api/v1/rooms/{room}/events", wrap(self.room_event), methods=["POST"]),
-            Route("/api/v1/users/{user}/events", wrap(self.user_event), methods=["POST"]),
+            # Room and user names may hold "/" (as "/" or "%2F"): they take the rest of the path.
+            Route("/api/v1/rooms/{room:path}/events", wrap(self.room_event), methods=["POST"]),
+            Route("/api/v1/users/{user:path}/events", wrap(self.user_event), methods=["POST"]),
             Route("/api/v1/connections/{sid}/events", wrap(self.sid_event), methods=["POST"]),
-            Route("/api/v1/rooms/{room}/members", wrap(self.members), methods=["GET"]),
-            Route("/api/v1/rooms/{room}/history", wrap(self.history), methods=["GET"]),
+            Route("/api/v1/rooms/{room:path}/members", wrap(self.members), methods=["GET"]),
+            Route("/api/v1/rooms/{room:path}/history", wrap(self.history), methods=["GET"]),
+            Route("/api/v1/{rest:path}", wrap(self.no_such_endpoint), methods=ANY_METHOD),
         ]
+
+    async def no_such_endpoint(self, request: Request) -> Response:
+        """Anything else under ``/api/v1``: the contract's error body, not a plain-text 404."""
+        allowed = [
+            method
+            for route in self.routes()[:-1]
+            if route.matches(request.scope)[0] is Match.PARTIAL
+            for method in sorted(route.methods or ())
+            if method != "HEAD"
+        ]
+        path = request.url.path
+        if allowed:
+            exc = BadRequest(f"{request.method} is not allowed on {path}; use {', '.join(allowed)}")
+            response = json_response({"error": exc.to_dict()}, 405)
+            response.headers["allow"] = ", ".join(allowed)
+            return response
+        raise NotFound(f"no such endpoint: {request.method} {path}")
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
         """Authentication and the error contract around every endpoint."""
