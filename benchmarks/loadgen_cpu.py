@@ -1,14 +1,16 @@
 """Measure the load generator's own cost.
 
-1. ``transport``: CPU per received delivery of the swarm's receive path over picows versus
-   ``websockets``, fed by a local blaster that pushes ``42["message",{envelope}]`` frames as fast
-   as it can (server in another process, so only the client side is timed).
+1. ``transport``: CPU (user + system) per received delivery of the receive path alone: the
+   swarm's own websocket protocol (``lean``) versus picows and ``websockets``, all feeding the
+   same Swarm.on_delivery, fed by a local blaster that pushes ``42["message",{envelope}]``
+   frames, one per client per round, ``--rate`` rounds/s (0: as fast as it can). The blaster
+   runs in another process, so only the client side is timed; variants run interleaved.
 2. ``run``: a real ``relay loadtest`` against URL; prints the report's generator CPU per delivery.
 3. ``clients``: connect N clients to URL at a low publish rate; prints how many connected.
 4. ``fanout``: like ``run``, against a built-in minimal picows contract server fast enough to
    saturate the generator (so the CPU per delivery is measured at full load).
 
-    python benchmarks/loadgen_cpu.py transport --clients 200 --frames 2000
+    python benchmarks/loadgen_cpu.py transport --clients 500 --frames 400 --rate 40 --repeat 3
     python benchmarks/loadgen_cpu.py run --url http://127.0.0.1:3000 --clients 1000 --rooms 1 \\
         --publishers 10 --rate 40 --duration 10
     python benchmarks/loadgen_cpu.py clients --url http://127.0.0.1:3000 --clients 10000
@@ -44,36 +46,40 @@ def _frame(i: int, stream: int) -> bytes:
     return b'42["message",' + orjson.dumps(env) + b"]"
 
 
-def _blaster(port_q: Any, frames: int, clients: int) -> None:
+def _blaster(port_q: Any, frames: int, clients: int, rate: float) -> None:
     """A picows server: once ``clients`` are connected, send each of them ``frames`` deliveries,
-    round-robin one frame per client per round (as a broadcast does), yielding to its event
-    loop after every round, then ``END``."""
+    round-robin one frame per client per round (as a broadcast does), ``rate`` rounds a second
+    (0: as fast as it can, yielding to its event loop after every round), then ``END``; and
+    again for the next batch of ``clients`` connections."""
     import uvloop
     from picows import WSListener, WSMsgType, ws_create_server
 
     payloads = [_frame(i, 0) for i in range(frames)]
     conns: list[Any] = []
 
-    async def push() -> None:
-        for p in payloads:
-            for t in conns:
+    async def push(batch: list[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i, p in enumerate(payloads):
+            for t in batch:
                 t.send(WSMsgType.TEXT, p)
-            await asyncio.sleep(0)
-        for t in conns:
+            await asyncio.sleep(max(0.0, t0 + (i + 1) / rate - loop.time()) if rate else 0)
+        for t in batch:
             t.send(WSMsgType.TEXT, b"END")
-        conns.clear()
 
     class Push(WSListener):
         def on_ws_connected(self, transport: Any) -> None:
             conns.append(transport)
             if len(conns) == clients:
-                asyncio.get_running_loop().create_task(push())
+                batch = conns[:]
+                conns.clear()
+                asyncio.get_running_loop().create_task(push(batch))
 
         def on_ws_frame(self, transport: Any, frame: Any) -> None:
             pass
 
     async def main() -> None:
-        server = await ws_create_server(lambda _r: Push(), "127.0.0.1", 0)
+        server = await ws_create_server(lambda _r: Push(), "127.0.0.1", 0, backlog=4096)
         port_q.put(server.sockets[0].getsockname()[1])
         await asyncio.sleep(3600)
 
@@ -168,6 +174,36 @@ def _swarm() -> Any:
     return swarm
 
 
+async def _recv_lean(url: str, clients: int) -> Any:
+    """The swarm's own receive path: loadtest.clients' websocket protocol into Swarm."""
+    from urllib.parse import urlsplit
+
+    from loadtest import clients as lc
+
+    swarm = _swarm()
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    left = [clients]
+
+    class Probe(lc.WSClient):
+        def on_packet(self, text: str) -> None:
+            if text == "END":
+                left[0] -= 1
+                if not left[0]:
+                    done.set_result(None)
+
+    parts = urlsplit(url)
+
+    async def one(local: int) -> None:
+        proto = lc._WSProtocol(Probe(local, local, 0, swarm), parts.netloc, "/")
+        await loop.create_connection(lambda: proto, parts.hostname, parts.port)
+        await proto.opened
+
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    await done
+    return swarm
+
+
 async def _recv_picows(url: str, clients: int) -> Any:
     from picows import WSListener, WSMsgType, ws_connect
 
@@ -192,10 +228,9 @@ async def _recv_picows(url: str, clients: int) -> Any:
                     if not left[0]:
                         done.set_result(None)
 
-    t0 = time.process_time()
     await asyncio.gather(*(ws_connect(lambda i=i: L(i), url) for i in range(clients)))
     await done
-    return swarm, time.process_time() - t0
+    return swarm
 
 
 async def _recv_websockets(url: str, clients: int) -> Any:
@@ -214,28 +249,41 @@ async def _recv_websockets(url: str, clients: int) -> Any:
                 if data.startswith(prefix):
                     deliver(local, data)
 
-    t0 = time.process_time()
     await asyncio.gather(*(one(i) for i in range(clients)))
-    return swarm, time.process_time() - t0
+    return swarm
+
+
+RECEIVERS = {"lean": _recv_lean, "picows": _recv_picows, "websockets": _recv_websockets}
 
 
 def transport(args: argparse.Namespace) -> None:
+    """CPU (user + system, this process only) per received delivery, receive path only; the
+    variants run interleaved, ``--repeat`` times each, against one blaster process."""
+    import resource
+
     import uvloop
 
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=_blaster, args=(q, args.frames, args.clients), daemon=True)
+    proc = ctx.Process(target=_blaster, args=(q, args.frames, args.clients, args.rate), daemon=True)
     proc.start()
     try:
         url = f"ws://127.0.0.1:{q.get(timeout=30)}/"
         results: dict[str, list[float]] = {}
-        for name, fn in (("picows", _recv_picows), ("websockets", _recv_websockets)):
-            for _ in range(args.repeat):
-                swarm, cpu = uvloop.run(fn(url, args.clients))
+        for _ in range(args.repeat):
+            for name in args.variants.split(","):
+                r0 = resource.getrusage(resource.RUSAGE_SELF)
+                swarm = uvloop.run(RECEIVERS[name](url, args.clients))
+                r1 = resource.getrusage(resource.RUSAGE_SELF)
                 n = swarm.acc.received
-                us = 1e6 * cpu / n
+                user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+                us = 1e6 * (user + system) / n
                 results.setdefault(name, []).append(round(us, 2))
-                print(f"{name:10s} {n:,} deliveries  {us:.2f} µs CPU each", flush=True)
+                print(
+                    f"{name:10s} {n:,} deliveries  {us:.2f} µs CPU each "
+                    f"(user {1e6 * user / n:.2f}, system {1e6 * system / n:.2f})",
+                    flush=True,
+                )
         print(json.dumps({"us_per_delivery": results}))
     finally:
         proc.kill()
@@ -268,6 +316,8 @@ def main() -> None:
     t.add_argument("--clients", type=int, default=200)
     t.add_argument("--frames", type=int, default=2000)
     t.add_argument("--repeat", type=int, default=2)
+    t.add_argument("--rate", type=float, default=0, help="rounds/s (0: as fast as possible)")
+    t.add_argument("--variants", default="lean,picows,websockets")
     for name in ("run", "clients", "fanout"):
         r = sub.add_parser(name)
         r.add_argument("--url", required=name != "fanout")

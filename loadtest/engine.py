@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ import aiohttp
 from loadtest import stats
 from loadtest.clients import Client, ConnectError, PollingClient, WSClient
 
+_time_ns = time.time_ns
 PROGRESS_EVERY = 0.25  # seconds between counter updates to the parent
 HIST_EVERY = 4  # progress updates between latency histogram flushes (one a second)
 
@@ -64,12 +66,12 @@ class Swarm:
         self.disconnects = 0
         self.phase = -1
         self.acc = stats.Accounting()
+        self.streams = self.acc.streams
         self.lat = stats.Counts()
         self.lat_buckets = self.lat.buckets
         self.marker = f'"{cfg.run_id}:'.encode()
         self.marker_len = len(self.marker)
-        self.phase_tag = b"-"
-        self.hist = stats.new_histogram()
+        self.set_phase(-1)
         self.late = 0
         self.foreign = 0
         self.last_ns = 0
@@ -93,24 +95,23 @@ class Swarm:
 
     # -- sink for clients -----------------------------------------------------------------
     def on_delivery(self, local: int, frame: bytes) -> None:
-        """One ``42["message",{...}]`` frame. The hot path: no JSON parse at all.
+        """One ``42["message",{...}]`` frame (maybe still behind its websocket header). The hot
+        path: no JSON parse, no object kept.
 
         A publish's ``data`` is ``{"lt": "RUN:PHASE:STREAM:SEQ:SENT_NS", "x": padding}``; the
-        run id is random, so finding ``"RUN:`` locates our tag however the server re-encodes
-        the envelope around it. The stream fast path of :class:`stats.Accounting` and the
-        latency bucketing of :class:`stats.Counts` are inlined here (≈1 µs saved a delivery).
+        run id is random, so finding ``"RUN:PHASE:`` locates our tag however the server
+        re-encodes the envelope around it (anything else goes to :meth:`_off_phase`). The
+        stream fast path of :class:`stats.Accounting` and the latency bucketing of
+        :class:`stats.Counts` are inlined here.
         """
-        i = frame.find(self.marker)
+        i = frame.find(self.hot)
         if i < 0:
-            self.foreign += 1
+            self._off_phase(frame)
             return
-        i += self.marker_len
+        i += self.hot_len
         try:
-            phase, stream, seq_b, sent = frame[i : frame.index(b'"', i)].split(b":")
-            if phase != self.phase_tag:
-                self.late += 1
-                return
-            now = time.time_ns()
+            stream, seq_b, sent = frame[i : frame.index(b'"', i)].split(b":")
+            now = _time_ns()
             seq = int(seq_b)
             key = (local << 32) | int(stream)
             lat = (now - int(sent)) // 1000
@@ -119,7 +120,7 @@ class Swarm:
             return
         acc = self.acc
         acc.received += 1
-        st = acc.streams.get(key)
+        st = self.streams.get(key)
         if st is not None and seq == st[0] and st[2] is None:
             st[0] = seq + 1
             st[1] = seq
@@ -133,6 +134,18 @@ class Swarm:
         buckets = self.lat_buckets
         buckets[lat] = buckets.get(lat, 0) + 1
         self.last_ns = now
+
+    def _off_phase(self, frame: bytes) -> None:
+        """Not tagged with the current phase: a late delivery of an earlier one, or foreign."""
+        i = frame.find(self.marker)
+        if i >= 0:
+            i += self.marker_len
+            j = frame.find(b'"', i)
+            fields = frame[i:j].split(b":") if j > 0 else []
+            if len(fields) == 4 and fields[0] != self.phase_tag:
+                self.late += 1
+                return
+        self.foreign += 1
 
     def on_ack(self, token: Any, ok: bool, code: str | None) -> None:
         if ok:
@@ -189,9 +202,7 @@ class Swarm:
             "errors": dict(self.error_codes),
         }
         if with_hist:
-            self.lat.drain_into(self.hist)
-            body["hist"] = stats.encode(self.hist)
-            self.hist.reset()
+            body["hist"] = self.lat.take()
         return body
 
     async def _ticker(self) -> None:
@@ -267,6 +278,8 @@ class Swarm:
     def set_phase(self, k: int) -> None:
         self.phase = k
         self.phase_tag = str(k).encode() if k >= 0 else b"-"
+        self.hot = self.marker + self.phase_tag + b":"  # b"-" never occurs in a publish
+        self.hot_len = len(self.hot)
 
     def setup(self, body: dict[str, Any]) -> None:
         self.room_sizes = {int(k): v for k, v in body["room_sizes"].items()}
@@ -345,6 +358,7 @@ class Swarm:
         self.set_phase(-1)
         self.last_ns = 0
         self.acc = stats.Accounting()
+        self.streams = self.acc.streams
         self.bseq.clear()
         self.useq.clear()
         self._reset_phase_counters()
@@ -368,6 +382,9 @@ class Swarm:
         publishing: asyncio.Task[None] | None = None
         try:
             self.send("connected", await self.connect_all())
+            # Thousands of long-lived client objects: keep the collector from rescanning them.
+            gc.collect()
+            gc.freeze()
             self._tasks.add(loop.create_task(self._ticker()))
 
             while True:

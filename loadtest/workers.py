@@ -6,7 +6,7 @@ Message flow over each worker's pipe (``(kind, body)`` tuples)::
     parent -> worker  setup {sids, room_sizes}
     parent -> worker  phase {k}                      worker -> parent  armed {k, cpu_s}
     parent -> worker  go {k, rate, duration}         worker -> parent  published k
-    worker -> parent  progress {...counters, hist?}  (every 0.25 s; a histogram once a second)
+    worker -> parent  progress {...counters, hist?}  (every 0.25 s; latency counts once a second)
     parent -> worker  collect                        worker -> parent  result {...}
     parent -> worker  stop | exit                    worker -> parent  bye {cpu_s}
 
@@ -101,8 +101,9 @@ class Orchestrator:
         self.phase = -1
         self.armed: set[int] = set()
         self.phase_hist = stats.new_histogram()
+        self.phase_counts = stats.Counts()  # folded into phase_hist when the phase ends
         self.total_hist = stats.new_histogram()
-        self.interval_hist = stats.new_histogram()
+        self.interval = stats.Counts()  # this second's latencies, for the live view
         self.interrupted = False
         self._worker_cpu_at_start: dict[int, float] = {}
         self.stop_reason = ""
@@ -176,10 +177,9 @@ class Orchestrator:
             if body["phase"] == self.phase or body["phase"] == -1:
                 self.latest[w] = body
             if "hist" in body:
-                hist = stats.decode(body["hist"])
-                self.interval_hist.add(hist)
+                self.interval.add_pairs(body["hist"])
                 if body["phase"] == self.phase and self.phase >= 0:
-                    self.phase_hist.add(hist)
+                    self.phase_counts.add_pairs(body["hist"])
         elif kind == "connected":
             self.connected[w] = body
         elif kind == "armed":
@@ -192,7 +192,7 @@ class Orchestrator:
         elif kind == "result":
             self.results[w] = body
             if "hist" in body and body["phase"] == self.phase:
-                self.phase_hist.add(stats.decode(body["hist"]))
+                self.phase_counts.add_pairs(body["hist"])
             self.latest[w] = body
         elif kind == "bye":
             self.byes[w] = body
@@ -222,8 +222,8 @@ class Orchestrator:
             cpu = self.cpu_seconds()
             rate = (received - self._sample_prev["received"]) / dt if dt > 0 else 0.0
             cpu_pct = 100 * (cpu - self._sample_prev.get("cpu", 0.0)) / dt if dt > 0 else 0.0
-            p = stats.summary_ms(self.interval_hist, stats.LATENCY_PERCENTILES)
-            self.interval_hist.reset()
+            p = self.interval.summary_ms(stats.LATENCY_PERCENTILES)
+            self.interval.buckets.clear()
             live.deliveries_per_s, live.p99_ms, live.cpu_percent = rate, p["p99"], cpu_pct
             live.samples.append(
                 {
@@ -311,7 +311,7 @@ class Orchestrator:
 
     def run_phase(self, k: int, rate: float, duration: float) -> PhaseResult:
         self.phase = k
-        self.phase_hist = stats.new_histogram()
+        self.phase_counts = stats.Counts()
         self.published_done = set()
         self.results = {}
         self.latest = {}
@@ -356,6 +356,7 @@ class Orchestrator:
         counts = dict.fromkeys(COUNTERS, 0)
         errors: dict[str, int] = {}
         worker_cpu_max = 0.0
+        self.phase_hist = stats.histogram_of(self.phase_counts.take())
         wall = time.monotonic() - mono0
         cpu = time.process_time() - cpu_parent0
         for w, body in self.results.items():

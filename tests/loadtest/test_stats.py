@@ -95,6 +95,34 @@ def test_counts_fold_into_hdr_like_direct_records() -> None:
     assert folded.get_total_count() == len(values)
 
 
+def test_counts_sent_as_pairs_rebuild_the_same_histogram() -> None:
+    """What a worker sends each second (value, count pairs) rebuilds the HDR histogram exactly."""
+    rng = random.Random(3)
+    values = [int(rng.lognormvariate(8, 2)) for _ in range(5000)] + [-5, 0, 10**12]
+    direct = stats.new_histogram()
+    counts = stats.Counts()
+    for v in values:
+        direct.record_value(min(max(v, 0), stats.HIGHEST_US))
+        counts.record(v)
+    rebuilt = stats.histogram_of(counts.take())
+    assert counts.buckets == {}
+    assert rebuilt.get_total_count() == direct.get_total_count() == len(values)
+    for p in (0, 50, 90, 99, 99.9, 100):
+        assert rebuilt.get_value_at_percentile(p) == direct.get_value_at_percentile(p)
+
+
+def test_live_summary_of_counts_matches_the_hdr_summary() -> None:
+    rng = random.Random(4)
+    for n in (1, 2, 7, 1000):
+        counts = stats.Counts()
+        for _ in range(n):
+            counts.record(int(rng.lognormvariate(7, 2.5)))
+        pairs = list(counts.buckets.items())
+        hdr = stats.summary_ms(stats.histogram_of(pairs), stats.LATENCY_PERCENTILES)
+        assert counts.summary_ms(stats.LATENCY_PERCENTILES) == hdr
+    assert stats.Counts().summary_ms(stats.LATENCY_PERCENTILES)["p99"] is None
+
+
 def test_merge_of_encoded_parts_equals_the_whole() -> None:
     rng = random.Random(2)
     parts = [[rng.randrange(1, 10_000_000) for _ in range(1000)] for _ in range(3)]
