@@ -30,6 +30,20 @@ log = logging.getLogger("relay")
 
 STATIC_DIR = Path(__file__).parent / "static"
 
+
+class RevalidatedStaticFiles(StaticFiles):
+    """The chat page's files, revalidated on every load (cheap: ETags answer 304).
+
+    Without ``no-cache`` a browser may keep an old JS module beside a new ``index.html``
+    after an upgrade.
+    """
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.setdefault("Cache-Control", "no-cache")
+        return response
+
+
 PLACEHOLDER = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>relay</title></head>
 <body><h1>relay</h1><p>The Socket.IO endpoint is <code>/socket.io/</code>;
@@ -95,6 +109,31 @@ async def drain(sio: socketio.AsyncServer) -> None:
     log.info("closed %d client sessions", len(sockets))
 
 
+class RelayApp(Starlette):
+    """Starlette, with Socket.IO requests handed straight to python-socketio's ASGI app.
+
+    Everything under ``/socket.io/`` skips Starlette's middleware stack and router (error
+    middleware, exception middleware, route matching, the mount's scope rewrite): on a connect
+    storm that is a good part of each connection's CPU. Any other path is Starlette's.
+    """
+
+    socketio_app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        sio_app = self.socketio_app
+        if (
+            sio_app is not None
+            and scope["type"] != "lifespan"
+            and scope["path"].startswith(SOCKETIO_PREFIX)
+        ):
+            await sio_app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+SOCKETIO_PREFIX = "/socket.io/"
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the relay application: Socket.IO under ``/socket.io/``, health, the page."""
     settings = settings or Settings()
@@ -136,15 +175,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await drain(sio)
             await sio.shutdown()
 
+    sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
     routes = [
         *Api(relay, settings).routes(),
         Route("/", index),
         Route("/healthz", healthz),
-        Mount("/socket.io", app=socketio.ASGIApp(sio, socketio_path="socket.io")),
+        Mount("/socket.io", app=sio_app),  # (RelayApp answers these paths before routing)
     ]
     if STATIC_DIR.is_dir():
-        routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
-    app = Starlette(routes=routes, lifespan=lifespan)
+        routes.append(
+            Mount("/static", app=RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
+        )
+    app = RelayApp(routes=routes, lifespan=lifespan)
+    app.socketio_app = sio_app
     app.state.settings = settings
     app.state.sio = sio
     app.state.relay = relay
