@@ -32,6 +32,7 @@ from relay import fastws
 log = logging.getLogger("relay.engine")
 
 _MESSAGE = eio_packet.MESSAGE
+_PING_FRAME = fastws.text_frame(eio_packet.Packet(eio_packet.PING).encode())
 
 #: python-engineio clients refuse a long-polling payload of more than 16 packets (and drop the
 #: connection), so a poll answers with at most this many; the rest wait for the next poll.
@@ -44,10 +45,124 @@ class _Payload(eio_payload.Payload):  # type: ignore[misc]
     max_decode_packets = 1 << 20
 
 
+class _Body:
+    """``environ["wsgi.input"]``: the request body, read from the ASGI receive channel.
+
+    python-engineio defines this class inside ``translate_request``, so every request creates
+    a class (CPU, and a type object of a few KB that lives as long as a websocket does).
+    """
+
+    __slots__ = ("event", "payload", "receive")
+
+    def __init__(self, event: dict[str, Any], receive: Any) -> None:
+        self.event = event
+        self.payload: bytes | None = None
+        self.receive = receive
+
+    async def read(self, length: int | None = None) -> bytes:
+        if self.payload is None and self.event["type"] == "http.request":
+            self.payload = self.event.get("body") or b""
+            while self.event.get("more_body"):
+                self.event = await self.receive()
+                if self.event["type"] == "http.request" and (
+                    length is None or len(self.payload) < length
+                ):
+                    self.payload += self.event.get("body") or b""
+        payload = self.payload or b""
+        if length is None:
+            self.payload = b""
+            return payload
+        self.payload = payload[length:]
+        return payload[:length]
+
+
+async def translate_request(scope: Any, receive: Any, send: Any) -> dict[str, Any]:
+    """python-engineio's ASGI scope -> environ, with one body class for every request."""
+    event = await receive()
+    if event["type"] not in ("http.request", "websocket.connect"):
+        return {}
+    path = scope["path"]
+    query_string = ""
+    raw = scope.get("query_string")
+    if raw:
+        with contextlib.suppress(UnicodeDecodeError):
+            query_string = raw.decode("utf-8")
+    environ: dict[str, Any] = {
+        "wsgi.input": _Body(event, receive),
+        "wsgi.async": True,
+        "REQUEST_METHOD": scope.get("method", "GET"),
+        "PATH_INFO": path,
+        "QUERY_STRING": query_string,
+        "RAW_URI": f"{path}?{query_string}" if query_string else path,
+        "SCRIPT_NAME": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "0",
+        "SERVER_NAME": "asgi",
+        "SERVER_PORT": "0",
+        "asgi.receive": receive,
+        "asgi.send": send,
+        "asgi.scope": scope,
+    }
+    for name, value in scope["headers"]:
+        try:
+            key = name.upper().decode("utf-8")
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if key == "CONTENT-TYPE":
+            environ["CONTENT_TYPE"] = text
+        elif key == "CONTENT-LENGTH":
+            environ["CONTENT_LENGTH"] = text
+        else:
+            key = "HTTP_" + key.replace("-", "_")
+            if key in environ:
+                text = f"{environ[key]},{text}"
+            environ[key] = text
+    return environ
+
+
+class _NoQueue:
+    """The packet queue of a session on relay's websocket fast path, which has none.
+
+    python-engineio gives every session an ``asyncio.Queue`` (four deques, ~2.5 KB); a fast
+    websocket writes every packet straight away, so once it is one its queue is this shared,
+    always empty stand-in (a stray close marker put here has nobody to wake).
+    """
+
+    def put_nowait(self, item: Any) -> None:
+        pass
+
+    async def put(self, item: Any) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+    def qsize(self) -> int:
+        return 0
+
+    def get_nowait(self) -> Any:
+        raise asyncio.QueueEmpty
+
+    async def get(self) -> Any:
+        raise asyncio.QueueEmpty
+
+    def task_done(self) -> None:
+        pass
+
+    async def join(self) -> None:
+        pass
+
+
+_NO_QUEUE = _NoQueue()
+
+
 class RelaySocket(AsyncSocket):  # type: ignore[misc]
     """One Engine.IO session; ``fast`` is its websocket once it has one."""
 
     server: RelayEngine
+    queue: Any
     last_ping: float | None
     connected: bool
     upgraded: bool
@@ -152,7 +267,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         else:
             self.connected = True
             self.upgraded = True
-        fast.limit = self.server.max_buffer
+        fast.set_limit(self.server.max_buffer)
         self.fast = fast
         # what was queued before the switch (the OPEN packet, early acks) goes first, in order
         while not self.queue.empty():
@@ -160,6 +275,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
             self.queue.task_done()
             if pkt is not None:
                 self.push(pkt)
+        self.queue = _NO_QUEUE
         reason = self.server.reason.TRANSPORT_CLOSE
         limit = self.server.max_http_buffer_size
         receive = self.receive
@@ -175,6 +291,9 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
                     break
                 if len(data) > limit:
                     break
+                if data == "3":  # PONG: the commonest packet of an idle connection
+                    self.schedule_ping()
+                    continue
                 if on_message is not None and type(data) is str and data[:1] == "4":
                     # an Engine.IO MESSAGE: straight to Socket.IO, no packet object, no closure
                     try:
@@ -273,13 +392,18 @@ class PingScheduler:
 
     async def _fire(self, batch: list[tuple[RelaySocket, int]]) -> None:
         ping = eio_packet.Packet(eio_packet.PING)
+        now = time.time()
         for sock, seq in batch:
             if sock.closing or sock.closed:
                 continue
             if seq == 0:  # time to ping
                 sock.ping_seq += 1
-                sock.last_ping = time.time()
-                sock.push(ping)
+                sock.last_ping = now
+                fast = sock.fast
+                if fast is not None:
+                    fast.write_frame(_PING_FRAME)  # encoded once for every connection
+                else:
+                    sock.push(ping)
                 self._at(self.server.ping_timeout, sock, sock.ping_seq)
             elif seq == sock.ping_seq and sock.last_ping:  # that ping was never answered
                 await self._expire(sock)
@@ -298,10 +422,13 @@ class PingScheduler:
 class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
     """python-engineio's ASGI server with :class:`RelaySocket` sessions."""
 
+    _async: dict[str, Any]
+
     def __init__(self, *args: Any, max_buffer: int = 4 * 1024 * 1024, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_buffer = max_buffer
         self.start_service_task = False  # the PingScheduler does its job
+        self._async = {**self._async, "translate_request": translate_request}
         self.pings = PingScheduler(self)
 
     async def _handle_connect(

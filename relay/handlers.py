@@ -9,9 +9,11 @@ from typing import Any
 import socketio
 
 from relay import names
-from relay.auth import authenticate
+from relay.auth import Identity, authenticate
 from relay.errors import BadRequest, Internal, RelayError
+from relay.recovery import Session
 from relay.service import Relay, Sender
+from relay.sio import RelaySocketIO
 
 log = logging.getLogger("relay.handlers")
 
@@ -90,6 +92,49 @@ def dispatch(relay: Relay, event: str, sid: str, args: tuple[Any, ...]) -> Ack:
         return _error(Internal())
 
 
+def identify(relay: Relay, auth: Any) -> Identity:
+    """Who a connecting client is, or ConnectionRefusedError (its connect_error)."""
+    try:
+        return authenticate(auth, relay.settings.secret)
+    except RelayError as exc:
+        raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
+
+
+class Admission:
+    """One accepted connection on "/": new, or taking over a dropped one (relay.recovery)."""
+
+    def __init__(self, relay: Relay, identity: Identity, session: Session | None) -> None:
+        self.relay = relay
+        self.identity = identity
+        self.session = session
+        self.sid = session.sid if session is not None else None
+        self.eio_sid = ""
+
+    def before_connect(self, sid: str, eio_sid: str) -> dict[str, Any]:
+        relay, session = self.relay, self.session
+        if session is not None and session.sid != sid:
+            self.session = session = None  # its sid was taken after all: a new connection
+        if session is None:
+            relay.connect(sid, eio_sid, self.identity.user, self.identity)
+            pid = relay.recovery.pid_of(sid)
+            return {"sid": sid} if pid is None else {"sid": sid, "pid": pid}
+        relay.recovery.reserve(session)
+        self.eio_sid = eio_sid
+        return {"sid": sid, "pid": session.pid}
+
+    def after_connect(self) -> None:
+        if self.session is not None:
+            self.relay.resume(self.session, self.eio_sid, self.identity)
+            log.debug("%s recovered", self.session.sid)
+
+
+def gate(relay: Relay, auth: Any) -> Admission:
+    """Let a connection in: authenticated, and with the session its ``auth.pid`` names."""
+    identity = identify(relay, auth)
+    pid = auth.get("pid") if isinstance(auth, dict) else None
+    return Admission(relay, identity, relay.recoverable(pid, identity))
+
+
 def register(sio: socketio.AsyncServer, relay: Relay) -> None:
     """Wire ``relay`` to ``sio``'s events on the default namespace."""
 
@@ -103,17 +148,18 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> Ack | None:
         if (fake := lifecycle_event_from_client(sid, "connect")) is not None:
             return fake
-        try:
-            identity = authenticate(auth, relay.settings.secret)
-        except RelayError as exc:
-            raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
+        identity = identify(relay, auth)
         relay.connect(sid, sio.manager.eio_sid_from_sid(sid, "/"), identity.user, identity)
         return None
+
+    # Lost transports (not a goodbye from either side) keep their session for recovery.
+    goodbyes = {sio.reason.CLIENT_DISCONNECT, sio.reason.SERVER_DISCONNECT}
 
     async def disconnect(sid: str, *args: Any) -> Ack | None:
         if (fake := lifecycle_event_from_client(sid, "disconnect")) is not None:
             return fake
-        relay.disconnect(sid)
+        reason = args[0] if args else None
+        relay.disconnect(sid, recoverable=reason is not None and reason not in goodbyes)
         return None
 
     def make(event: str) -> Callable[..., Awaitable[Ack]]:
@@ -137,6 +183,8 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
             sock.queue.put_nowait(None)
 
     sio.eio.on("disconnect", eio_closed)
+    if relay.recovery.enabled and isinstance(sio, RelaySocketIO):
+        sio.gate = lambda auth: gate(relay, auth)
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
     for event in HANDLERS:

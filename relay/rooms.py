@@ -8,6 +8,7 @@ of rooms that connection was in, not the number of rooms on the server.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from relay.auth import OPEN, Identity
@@ -32,6 +33,10 @@ class Registry:
         # room -> sids in join order (a dict is an insertion-ordered set)
         self._rooms: dict[str, dict[str, None]] = {}
         self._users: dict[str, set[str]] = {}
+        # room -> a number that changes whenever its membership does (never reused: a room
+        # emptied and filled again gets a new one), so a transport may cache its recipients
+        self._versions: dict[str, int] = {}
+        self._changes = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -70,6 +75,7 @@ class Registry:
             return False
         member.rooms.add(room)
         self._rooms.setdefault(room, {})[sid] = None
+        self._versions[room] = next(self._changes)
         return True
 
     def leave(self, sid: str, room: str) -> bool:
@@ -85,12 +91,19 @@ class Registry:
         sids = self._rooms.get(room)
         if sids is not None:
             sids.pop(sid, None)
-            if not sids:
+            if sids:
+                self._versions[room] = next(self._changes)
+            else:
                 del self._rooms[room]
+                self._versions.pop(room, None)
 
     def sids(self, room: str) -> dict[str, None]:
         """The room's sids in join order (a live view: copy before awaiting)."""
         return self._rooms.get(room) or {}
+
+    def version(self, room: str) -> int:
+        """Changes whenever ``room``'s membership does; 0 for an empty room."""
+        return self._versions.get(room, 0)
 
     def count(self, room: str) -> int:
         return len(self._rooms.get(room) or ())

@@ -13,7 +13,7 @@ import uvicorn
 
 from relay import gctune
 from relay.app import create_app, drain
-from relay.fastws import FastWebSocketProtocol
+from relay.fastws import FastWebSocketProtocol, HttpProtocol
 from relay.settings import Settings
 
 log = logging.getLogger("relay")
@@ -59,6 +59,12 @@ def log_config(level: str) -> dict[str, Any]:
         "level": "DEBUG" if level == "trace" else level.upper(),
         "propagate": False,
     }
+    # each websocket's "connection open" / "[accepted]" lines: debug only (see relay.fastws)
+    config["loggers"]["relay.ws"] = {
+        "handlers": ["default"],
+        "level": "DEBUG" if level in ("debug", "trace") else "WARNING",
+        "propagate": False,
+    }
     return config
 
 
@@ -70,7 +76,7 @@ def uvicorn_config(settings: Settings, **extra: Any) -> uvicorn.Config:
         port=settings.port,
         log_level=settings.log_level,
         loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
+        http=HttpProtocol,  # uvicorn's httptools protocol, freed as soon as it upgrades
         ws=FastWebSocketProtocol,  # uvicorn's, plus relay's pre-encoded-frame fast path
         ws_max_size=settings.max_frame,
         ws_ping_interval=None,  # Engine.IO pings already; a second ping doubles idle wake-ups
@@ -80,6 +86,7 @@ def uvicorn_config(settings: Settings, **extra: Any) -> uvicorn.Config:
         log_config=log_config(settings.log_level),
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
         access_log=settings.log_level in ("debug", "trace"),
+        backlog=4096,  # a connect storm queues in the kernel, not as refused connections
         **extra,
     )
 

@@ -16,6 +16,7 @@ from relay import envelope
 from relay.auth import Identity
 from relay.errors import BadRequest, NotFound
 from relay.history import History
+from relay.recovery import Recovery, Session
 from relay.rooms import Member, Registry
 from relay.settings import Settings
 from relay.transport import Transport
@@ -49,6 +50,8 @@ class Relay:
         self.history = History(settings.history_size, settings.history_ttl, clock_ms)
         self._clock = clock_ms
         self._ids = envelope.IdFactory()
+        # connection state recovery (relay.recovery): dropped connections' sessions
+        self.recovery = Recovery(settings.recovery_ttl, settings.max_buffer)
         self.stats = {"published": 0, "delivered": 0, "direct": 0}
 
     # -- connections ---------------------------------------------------------------------------
@@ -57,18 +60,54 @@ class Relay:
         self, sid: str, eio_sid: str, user: str | None, identity: Identity | None = None
     ) -> Member:
         self.transport.attach(sid, eio_sid)
+        self.recovery.issue(sid)
         return self.registry.connect(sid, user, identity or Identity(user))
 
-    def disconnect(self, sid: str) -> None:
-        """Forget ``sid``: it leaves every room, and their members hear of it."""
+    def disconnect(self, sid: str, recoverable: bool = False) -> None:
+        """Forget ``sid``: it leaves every room, and their members hear of it.
+
+        ``recoverable`` (its transport was lost, nobody said goodbye): its session is kept so a
+        reconnect may take it over (:meth:`resume`).
+        """
         member, rooms = self.registry.disconnect(sid)
         self.transport.detach(sid)
         if member is None:
+            self.recovery.forget(sid)
             return
         for room in rooms:
             self._announce(room, "leave", member)
             if not self.registry.occupied(room):
                 self.history.forget_if_idle(room)
+        # after the announcements: its own leave is not among what it missed
+        if recoverable:
+            self.recovery.hold(sid, member.user, rooms)
+        else:
+            self.recovery.forget(sid)
+
+    def recoverable(self, pid: Any, identity: Identity) -> Session | None:
+        """The dropped session a reconnect naming ``pid`` as ``identity`` may take over."""
+        if not isinstance(pid, str) or not self.recovery.enabled:
+            return None
+        session = self.recovery.find(pid)
+        if session is None or session.user != identity.user:
+            return None
+        if not all(identity.allows(room) for room in session.rooms):
+            return None
+        return session
+
+    def resume(self, session: Session, eio_sid: str, identity: Identity) -> Member:
+        """Bring ``session`` back on ``eio_sid``: same sid, same rooms, then what it missed."""
+        sid = session.sid
+        missed = self.recovery.claim(session)
+        self.transport.attach(sid, eio_sid)
+        member = self.registry.connect(sid, identity.user, identity)
+        for room in session.rooms:
+            if self.registry.join(sid, room):
+                # it left when it dropped; the members who heard that hear it is back
+                self._announce(room, "join", member)
+        for packet in missed:
+            self.transport.send(sid, packet)
+        return member
 
     def member(self, sid: str) -> Member:
         member = self.registry.get(sid)
@@ -125,7 +164,12 @@ class Relay:
         )
         self.history.append(room, message)
         skip = sender.sid if exclude_self else None
-        sent = self.transport.send_many(self.registry.sids(room), message.packet, skip)
+        registry = self.registry
+        sent = self.transport.send_room(
+            room, registry.version(room), registry.sids(room), message.packet, skip
+        )
+        if self.recovery.waiting:  # dropped members collect it (relay.recovery)
+            self.recovery.to_room(room, message.packet)
         self.stats["published"] += 1
         self.stats["delivered"] += sent
         return message
@@ -160,6 +204,12 @@ class Relay:
             assert user is not None
             targets = self.registry.sids_of_user(user)
         delivered = self.transport.send_many(targets, message.packet)
+        if self.recovery.waiting:  # a dropped connection collects it (not counted: not reached)
+            if to is not None:
+                self.recovery.to_sid(to, message.packet)
+            else:
+                assert user is not None
+                self.recovery.to_user(user, message.packet)
         self.stats["direct"] += 1
         self.stats["delivered"] += delivered
         return message, delivered
@@ -171,19 +221,26 @@ class Relay:
     # -- housekeeping --------------------------------------------------------------------------
 
     def sweep(self) -> int:
+        self.recovery.expire()
         return self.history.sweep(self.registry.occupied)
 
     def _announce(self, room: str, action: str, member: Member) -> None:
         packet = envelope.event_packet(
             "presence", {"room": room, "action": action, "member": member.as_dict()}
         )
-        self.transport.send_many(self.registry.sids(room), packet, skip=member.sid)
+        registry = self.registry
+        self.transport.send_room(
+            room, registry.version(room), registry.sids(room), packet, skip=member.sid
+        )
+        if self.recovery.waiting:
+            self.recovery.to_room(room, packet)
 
     def describe(self) -> dict[str, Any]:
         return {
             "connections": len(self.registry),
             "rooms": self.registry.room_count(),
             "rooms_with_history": len(self.history),
+            "recoverable": len(self.recovery),
             **self.stats,
         }
 

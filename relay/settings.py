@@ -99,6 +99,7 @@ class Settings:
     ping_timeout: float = 20.0
     max_buffer: int = 4 * 1024 * 1024
     shutdown_timeout: float = 10.0
+    recovery_ttl: float = 120.0  # connection state recovery window; 0 turns it off
     secret: str | None = None
     api_key: str | None = None
     redis_url: str | None = None
@@ -139,6 +140,7 @@ class Settings:
             ("RELAY_PING_INTERVAL", self.ping_interval, 0.01),
             ("RELAY_PING_TIMEOUT", self.ping_timeout, 0.01),
             ("RELAY_MAX_BUFFER", self.max_buffer, 1024),
+            ("RELAY_RECOVERY_TTL", self.recovery_ttl, 0),
         ]
         for key, value, low in limits:
             if value < low:
@@ -166,6 +168,7 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "ping_timeout": ("RELAY_PING_TIMEOUT", parse_duration),
     "max_buffer": ("RELAY_MAX_BUFFER", parse_size),
     "shutdown_timeout": ("RELAY_SHUTDOWN_TIMEOUT", parse_duration),
+    "recovery_ttl": ("RELAY_RECOVERY_TTL", parse_duration),
     "secret": ("RELAY_SECRET", parse_optional),
     "api_key": ("RELAY_API_KEY", parse_optional),
     "redis_url": ("REDIS_URL", parse_optional),

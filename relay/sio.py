@@ -13,7 +13,8 @@ rooms it entered) and walks only those.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 import socketio
@@ -21,6 +22,21 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from relay.engine import RelayEngine, RelaySocket
+
+
+class Admission(Protocol):
+    """A connection on "/" that was let in (connection state recovery, relay.handlers)."""
+
+    #: the sid of the dropped connection it takes over, or None for a new sid
+    sid: str | None
+
+    def before_connect(self, sid: str, eio_sid: str) -> dict[str, Any]:
+        """Register ``sid`` (the CONNECT answer follows); returns that answer's data."""
+        ...
+
+    def after_connect(self) -> None:
+        """The CONNECT answer is out: deliver what a recovered connection missed."""
+        ...
 
 
 class RelayManager(socketio.AsyncManager):  # type: ignore[misc]
@@ -44,6 +60,18 @@ class RelayManager(socketio.AsyncManager):  # type: ignore[misc]
             if not rooms:
                 del self._entered[(namespace, sid)]
 
+    def pre_connect_as(self, sid: str, eio_sid: str, namespace: str) -> str | None:
+        """``pre_connect`` with a given ``sid`` (a recovered one); None when it is in use."""
+        ns_rooms = self.rooms.get(namespace)
+        if ns_rooms is not None and None in ns_rooms:
+            clients = ns_rooms[None]
+            if sid in clients or eio_sid in clients.inverse:
+                return None
+        self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
+        self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
+        self.pending_connect.setdefault(namespace, []).append(sid)
+        return sid
+
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         rooms = self._entered.pop((namespace, sid), None)
         ns_rooms = self.rooms.get(namespace)
@@ -65,8 +93,52 @@ class RelayManager(socketio.AsyncManager):  # type: ignore[misc]
 class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio's ASGI server on :class:`relay.engine.RelayEngine`."""
 
+    #: admits connections on "/" when connection state recovery is on (relay.handlers)
+    gate: Callable[[Any], Admission] | None = None
+
     def _engineio_server_class(self) -> type[RelayEngine]:
         return RelayEngine
+
+    # -- connecting and disconnecting (connection state recovery) ------------------------------
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        # python-socketio's own, for "/" with a gate: the gate may hand back a dropped
+        # connection's sid (pre_connect always makes a new one), and the CONNECT answer carries
+        # the gate's data ({"sid", "pid"}), after which a recovered connection gets what it
+        # missed. The gate raising ConnectionRefusedError is a connect_error, as for a handler.
+        gate = self.gate
+        if gate is None or (namespace or "/") != "/":
+            await super()._handle_connect(eio_sid, namespace, data)
+            return
+        try:
+            admission = gate(data)
+        except socketio.exceptions.ConnectionRefusedError as exc:
+            refused = self.packet_class(sio_packet.CONNECT_ERROR, data=exc.error_args)
+            await self._send_packet(eio_sid, refused)
+            return
+        manager = self.manager
+        sid = None
+        if admission.sid is not None:
+            sid = manager.pre_connect_as(admission.sid, eio_sid, "/")
+        if sid is None:
+            sid = await manager.pre_connect(eio_sid, "/")
+        if sid is None:  # this Engine.IO session is already connected to "/"
+            bad = self.packet_class(sio_packet.CONNECT_ERROR, data="Unable to connect")
+            await self._send_packet(eio_sid, bad)
+            return
+        answer = admission.before_connect(sid, eio_sid)
+        await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, answer))
+        await manager.connect(sid, "/")
+        admission.after_connect()
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        # An Engine.IO session that ends while still connected to a namespace ended without a
+        # Socket.IO DISCONNECT (a client leaving on purpose sends one first): whatever
+        # Engine.IO calls it (a polling client's CLOSE packet is "client disconnect"), for
+        # Socket.IO it is a transport close, as in Node's server, and so recoverable.
+        if reason == self.reason.CLIENT_DISCONNECT:
+            reason = self.reason.TRANSPORT_CLOSE
+        await super()._handle_eio_disconnect(eio_sid, reason)
 
     # -- the hot path: Socket.IO EVENT packets on "/" ------------------------------------------
 
@@ -125,4 +197,4 @@ def _parse_event(data: str) -> tuple[int | None, list[Any]] | None:
     return (int(data[1:i]) if i > 1 else None), args
 
 
-__all__ = ["RelayManager", "RelaySocketIO"]
+__all__ = ["Admission", "RelayManager", "RelaySocketIO"]

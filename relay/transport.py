@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from engineio import packet as eio_packet
 
-from relay.fastws import text_frame
+from relay import fastws
 
 
 class Transport(Protocol):
@@ -26,19 +26,35 @@ class Transport(Protocol):
 
     def send_many(self, sids: Iterable[str], packet: str, skip: str | None = None) -> int: ...
 
+    def send_room(
+        self, room: str, version: int, sids: Iterable[str], packet: str, skip: str | None = None
+    ) -> int:
+        """``send_many`` to a room's ``sids``, which are the same while ``version`` is."""
+        ...
+
+
+#: rooms whose recipients a transport remembers (a cache: past it, it starts over)
+ROOM_CACHE_SIZE = 4096
+
 
 class EngineIOTransport:
     """Delivers straight to each connection, bypassing per-recipient tasks.
 
     A websocket served by relay's own protocol (:mod:`relay.fastws`) gets the packet as a
-    WebSocket frame encoded once for all recipients and written without a task or a queue;
-    any other connection (HTTP long-polling) gets it through python-engineio's queue, as one
-    shared Engine.IO packet object that caches its own encoding.
+    WebSocket frame encoded once for all recipients, queued on the connection, and written by
+    one loop-wide flush per event-loop iteration; any other connection (HTTP long-polling) gets
+    it through python-engineio's queue, as one shared Engine.IO packet object that caches its
+    own encoding.
+
+    For rooms it keeps the list of recipients' Engine.IO sockets, rebuilt only when the room's
+    membership ``version`` changes or a connection detaches, so a broadcast costs one short
+    loop body per recipient: no lookup by sid, no call, no task.
     """
 
     def __init__(self, eio: Any) -> None:
         self._eio = eio
         self._sockets: dict[str, Any] = {}
+        self._rooms: dict[str, tuple[int, list[Any]]] = {}
 
     def attach(self, sid: str, eio_sid: str) -> None:
         sock = self._eio.sockets.get(eio_sid)
@@ -47,34 +63,71 @@ class EngineIOTransport:
 
     def detach(self, sid: str) -> None:
         sock = self._sockets.pop(sid, None)
-        if sock is not None and getattr(sock, "fast", None) is None:
-            # Release a long-poll GET still parked on this socket's queue (and a websocket
-            # writer): without it a polling client's goodbye hangs until the next ping.
-            sock.queue.put_nowait(None)
+        if sock is not None:
+            self._rooms.clear()  # no cached room may keep a gone connection alive
+            if getattr(sock, "fast", None) is None:
+                # Release a long-poll GET still parked on this socket's queue (and a websocket
+                # writer): without it a polling client's goodbye hangs until the next ping.
+                sock.queue.put_nowait(None)
 
     def send(self, sid: str, packet: str) -> bool:
-        return self.send_many((sid,), packet) == 1
+        sock = self._sockets.get(sid)
+        if sock is None:
+            return False
+        return self._deliver((sock,), packet, None) == 1
 
     def send_many(self, sids: Iterable[str], packet: str, skip: str | None = None) -> int:
         sockets = self._sockets
+        targets = [s for s in map(sockets.get, sids) if s is not None]
+        return self._deliver(targets, packet, sockets.get(skip) if skip is not None else None)
+
+    def send_room(
+        self, room: str, version: int, sids: Iterable[str], packet: str, skip: str | None = None
+    ) -> int:
+        cached = self._rooms.get(room)
+        if cached is None or cached[0] != version:
+            sockets = self._sockets
+            targets = [s for s in map(sockets.get, sids) if s is not None]
+            if len(self._rooms) >= ROOM_CACHE_SIZE:
+                self._rooms.clear()
+            self._rooms[room] = (version, targets)
+        else:
+            targets = cached[1]
+        skip_sock = self._sockets.get(skip) if skip is not None else None
+        return self._deliver(targets, packet, skip_sock)
+
+    def _deliver(self, targets: Iterable[Any], packet: str, skip: Any) -> int:
+        # the hot loop of every broadcast: keep it free of calls and lookups by key
         frame: bytes | None = None
+        flusher: fastws.Flusher | None = None
+        dirty: list[Any] = []
         pkt: Any = None
         sent = 0
-        for sid in sids:
-            if sid == skip:
-                continue
-            sock = sockets.get(sid)
-            if sock is None or sock.closing or sock.closed:
-                continue
-            fast = getattr(sock, "fast", None)
+        for sock in targets:
+            fast = sock.fast
             if fast is not None:
+                if sock is skip or fast.close_sent or fast.disconnected:
+                    continue
                 if frame is None:
-                    frame = text_frame("4" + packet)
-                if fast.write_frame(frame):
-                    sent += 1
+                    frame = fastws.text_frame("4" + packet)
+                    flusher = fast.flusher
+                    dirty = flusher.dirty
+                queued = fast.pending
+                if queued is None:
+                    fast.pending = frame
+                    dirty.append(fast)
+                elif queued.__class__ is list:
+                    queued.append(frame)
+                else:
+                    fast.pending = [queued, frame]
+                sent += 1
+                continue
+            if sock is skip or sock.closing or sock.closed:
                 continue
             if pkt is None:
                 pkt = eio_packet.Packet(eio_packet.MESSAGE, packet)
             sock.queue.put_nowait(pkt)
             sent += 1
+        if flusher is not None and not flusher.scheduled:
+            flusher.schedule()
         return sent

@@ -38,6 +38,7 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("RELAY_PING_TIMEOUT", "2500ms", "ping_timeout", 2.5),
     ("RELAY_MAX_BUFFER", "8MiB", "max_buffer", 8 * 1024 * 1024),
     ("RELAY_SHUTDOWN_TIMEOUT", "3", "shutdown_timeout", 3.0),
+    ("RELAY_RECOVERY_TTL", "2m", "recovery_ttl", 120.0),
     ("RELAY_SECRET", "s3cret", "secret", "s3cret"),
     ("RELAY_SECRET", "  ", "secret", None),
     ("RELAY_API_KEY", "key", "api_key", "key"),

@@ -1,0 +1,218 @@
+"""Connection state recovery: what a dropped connection missed, kept until it comes back.
+
+Theory of operation
+-------------------
+Every connection gets a private session id, the ``pid``, in its Socket.IO CONNECT answer
+(``{"sid", "pid"}``); official clients (socket.io-client 4.6+) remember it and send it back as
+``auth.pid`` when they reconnect. python-socketio clients ignore it.
+
+When a connection is lost for a transport reason (the socket closed or errored, or it stopped
+answering pings) rather than because either side said goodbye, relay does two things at once:
+
+- for everyone else, the connection disconnects as it always did: it leaves its rooms and their
+  members hear a presence ``leave`` (presence only ever lists reachable connections);
+- here, a :class:`Session` remembers its sid, user, rooms and pid for ``ttl`` seconds, and
+  collects, in order, every packet that would have been written to it meanwhile: the messages
+  and presence events of the rooms it was in, and direct messages to its sid or its user.
+
+A reconnect whose ``auth.pid`` names a live session (same user, and a token that still allows
+its rooms) takes over the old sid, rejoins the rooms (members hear a presence ``join``), is
+answered ``{"sid": old sid, "pid": same pid}`` (the client's ``socket.recovered`` becomes true),
+then receives the collected packets before anything live. Any other reconnect is a new
+connection. Collecting and replaying happen in the same event-loop steps as live delivery, so
+nothing is lost between the two and nothing is delivered twice.
+
+Bounds: a session holds at most ``max_packets`` packets and ``max_bytes`` of them (the
+per-connection send buffer, the most a live connection may have queued); past either, or past
+``ttl``, it is forgotten and a reconnect starts afresh. Packets are the very strings other
+recipients got (encoded once), so a session costs a reference per packet, not a copy.
+
+What this cannot do: packets already written to the old socket when it died, but never read by
+the client, are gone (the server cannot tell them from packets the client did read without
+per-packet acknowledgements from the client, which relay's envelopes do not carry).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("relay.recovery")
+
+#: at most this many packets are kept for one dropped connection
+MAX_PACKETS = 1000
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """A dropped connection waiting to be recovered."""
+
+    sid: str
+    pid: str
+    user: str | None
+    rooms: tuple[str, ...]
+    deadline: float
+    packets: deque[str] = field(default_factory=deque)
+    size: int = 0
+    #: a reconnect is taking this session over (it may no longer be found, still collects)
+    reserved: bool = False
+
+
+class Recovery:
+    """Pids of live connections and the sessions of dropped ones; no I/O."""
+
+    def __init__(
+        self,
+        ttl_s: float,
+        max_bytes: int,
+        max_packets: int = MAX_PACKETS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl_s
+        self.max_bytes = max_bytes
+        self.max_packets = max_packets
+        self._clock = clock
+        self._pids: dict[str, str] = {}  # live sid -> pid
+        self._by_pid: dict[str, Session] = {}
+        self._by_sid: dict[str, Session] = {}
+        self._by_room: dict[str, dict[str, Session]] = {}
+        self._by_user: dict[str, dict[str, Session]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0
+
+    def __len__(self) -> int:
+        """Sessions waiting to be recovered."""
+        return len(self._by_sid)
+
+    # -- live connections ----------------------------------------------------------------------
+
+    def issue(self, sid: str) -> str | None:
+        """A fresh pid for the new connection ``sid`` (None when recovery is off)."""
+        if not self.enabled:
+            return None
+        pid = self._pids[sid] = secrets.token_urlsafe(16)
+        return pid
+
+    def pid_of(self, sid: str) -> str | None:
+        return self._pids.get(sid)
+
+    def forget(self, sid: str) -> None:
+        """``sid`` is gone for good (it said goodbye, or was refused)."""
+        self._pids.pop(sid, None)
+
+    def hold(self, sid: str, user: str | None, rooms: Iterable[str]) -> Session | None:
+        """``sid`` lost its transport: keep its session for ``ttl`` seconds."""
+        pid = self._pids.pop(sid, None)
+        if pid is None or not self.enabled:
+            return None
+        session = Session(sid, pid, user, tuple(rooms), self._clock() + self.ttl)
+        self._by_pid[pid] = session
+        self._by_sid[sid] = session
+        for room in session.rooms:
+            self._by_room.setdefault(room, {})[sid] = session
+        if user is not None:
+            self._by_user.setdefault(user, {})[sid] = session
+        return session
+
+    # -- coming back ---------------------------------------------------------------------------
+
+    def find(self, pid: str) -> Session | None:
+        """The unexpired, unreserved session ``pid`` names, if any."""
+        session = self._by_pid.get(pid)
+        if session is None or session.reserved:
+            return None
+        if self._clock() >= session.deadline:
+            self._drop(session)
+            return None
+        return session
+
+    def reserve(self, session: Session) -> None:
+        """A reconnect is taking ``session`` over: no other may find it meanwhile."""
+        session.reserved = True
+
+    def release(self, session: Session) -> None:
+        """The takeover did not happen after all: ``session`` may be found again."""
+        session.reserved = False
+
+    def claim(self, session: Session) -> list[str]:
+        """End ``session``: its sid is live again (same pid); returns what it collected."""
+        if self._by_sid.get(session.sid) is not session:
+            return []
+        missed = list(session.packets)
+        self._drop(session)
+        self._pids[session.sid] = session.pid
+        return missed
+
+    # -- collecting ----------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> bool:
+        """Whether any session is collecting (the callers' fast check)."""
+        return bool(self._by_sid)
+
+    def to_room(self, room: str, packet: str) -> int:
+        """Collect a packet sent to ``room``'s members; returns how many sessions took it."""
+        sessions = self._by_room.get(room)
+        if not sessions:
+            return 0
+        return sum(self._add(s, packet) for s in list(sessions.values()))
+
+    def to_user(self, user: str, packet: str) -> int:
+        sessions = self._by_user.get(user)
+        if not sessions:
+            return 0
+        return sum(self._add(s, packet) for s in list(sessions.values()))
+
+    def to_sid(self, sid: str, packet: str) -> int:
+        session = self._by_sid.get(sid)
+        return 0 if session is None else self._add(session, packet)
+
+    def _add(self, session: Session, packet: str) -> bool:
+        size = session.size + len(packet)
+        if len(session.packets) >= self.max_packets or size > self.max_bytes:
+            # It missed more than it may be given back: a reconnect starts afresh.
+            log.info("%s missed too much to be recovered", session.sid)
+            self._drop(session)
+            return False
+        session.packets.append(packet)
+        session.size = size
+        return True
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def expire(self) -> int:
+        """Forget the sessions past their deadline; returns how many."""
+        now = self._clock()
+        old = [s for s in self._by_sid.values() if now >= s.deadline]
+        for session in old:
+            self._drop(session)
+        return len(old)
+
+    def _drop(self, session: Session) -> None:
+        if self._by_sid.get(session.sid) is not session:
+            return
+        del self._by_sid[session.sid]
+        self._by_pid.pop(session.pid, None)
+        for room in session.rooms:
+            _discard(self._by_room, room, session.sid)
+        if session.user is not None:
+            _discard(self._by_user, session.user, session.sid)
+        session.packets.clear()
+        session.size = 0
+
+
+def _discard(index: dict[str, dict[str, Session]], key: str, sid: str) -> None:
+    sessions = index.get(key)
+    if sessions is not None:
+        sessions.pop(sid, None)
+        if not sessions:
+            del index[key]
+
+
+__all__ = ["MAX_PACKETS", "Recovery", "Session"]

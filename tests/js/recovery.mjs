@@ -1,0 +1,221 @@
+// Connection state recovery with Node's official socket.io-client (`socket.recovered`).
+//
+//   node recovery.mjs URL TRANSPORT SCENARIO        (TRANSPORT: websocket or polling)
+//
+// Alice's connection drops (her client closes its Engine.IO transport, as a network failure
+// would: no Socket.IO goodbye); while she is away Bob publishes to their room and sends her
+// direct messages; she reconnects. The script prints one JSON line of what the clients saw and
+// exits 0; pytest asserts on it (tests/e2e/test_js_recovery.py). Every wait has a deadline: a
+// missed one exits 1 with a message on stderr.
+
+import { io } from "socket.io-client";
+
+const WAIT_MS = 8000;
+const TOTAL_MS = 25000;
+
+const [url, transport, scenarioName] = process.argv.slice(2);
+const sockets = [];
+const clients = [];
+const RUN = Math.random().toString(36).slice(2, 10);
+
+class Expected extends Error {}
+
+function fail(message) {
+  process.stderr.write(`recovery ${scenarioName} (${transport}) failed: ${message}\n`);
+  for (const c of clients) process.stderr.write(`${c.label} saw: ${JSON.stringify(c.log)}\n`);
+  for (const s of sockets) s.disconnect();
+  process.exit(1);
+}
+
+/** A socket that records every event (and every connect/disconnect) in arrival order. */
+class Client {
+  constructor(label, user, { reconnection = false } = {}) {
+    this.label = label;
+    clients.push(this);
+    this.log = [];
+    this.waiters = [];
+    this.socket = io(url, {
+      forceNew: true,
+      transports: [transport],
+      auth: { user },
+      timeout: WAIT_MS,
+      reconnection,
+      reconnectionDelay: 50,
+      randomizationFactor: 0,
+    });
+    sockets.push(this.socket);
+    const record = (entry) => {
+      this.log.push(entry);
+      this.waiters = this.waiters.filter((w) => !w());
+    };
+    this.socket.onAny((event, ...args) => record({ event, args }));
+    this.socket.on("connect", () =>
+      record({ lifecycle: "connect", sid: this.socket.id, recovered: this.socket.recovered }),
+    );
+    this.socket.on("disconnect", (reason) => record({ lifecycle: "disconnect", reason }));
+    this.socket.on("connect_error", (err) => record({ lifecycle: "connect_error", err: err.message }));
+  }
+
+  /** Resolve with the first log entry from index `from` on that matches. */
+  waitFor(what, match, from = 0) {
+    return new Promise((resolve, reject) => {
+      let timer;
+      const check = () => {
+        const found = this.log.slice(from).find(match);
+        if (found === undefined) return false;
+        clearTimeout(timer);
+        resolve(found);
+        return true;
+      };
+      if (check()) return;
+      timer = setTimeout(
+        () => reject(new Expected(`${this.label}: no ${what} within ${WAIT_MS} ms`)),
+        WAIT_MS,
+      );
+      this.waiters.push(check);
+    });
+  }
+
+  connected(from = 0) {
+    return this.waitFor("connect", (e) => e.lifecycle === "connect", from);
+  }
+
+  disconnected(from = 0) {
+    return this.waitFor("disconnect", (e) => e.lifecycle === "disconnect", from);
+  }
+
+  presence(action, sid, from = 0) {
+    return this.waitFor(
+      `presence ${action} of ${sid}`,
+      (e) => e.event === "presence" && e.args[0].action === action && e.args[0].member.sid === sid,
+      from,
+    );
+  }
+
+  /** The envelope data of every message-like event (not presence) from index `from` on. */
+  received(from = 0) {
+    return this.log
+      .slice(from)
+      .filter((e) => e.event !== undefined && e.event !== "presence")
+      .map((e) => ({ event: e.event, data: e.args[0].data, offset: e.args[0].offset }));
+  }
+
+  gotAll(count, from) {
+    return this.waitFor(`${count} messages`, () => this.received(from).length >= count);
+  }
+
+  call(event, payload) {
+    return this.socket
+      .timeout(WAIT_MS)
+      .emitWithAck(event, payload)
+      .catch((err) => {
+        throw new Expected(`${this.label}: no ack for ${event} (${err.message})`);
+      });
+  }
+}
+
+/** Alice and Bob connected and in one room. */
+async function pair(options) {
+  const room = `rec:${transport}:${RUN}`;
+  const alice = new Client("alice", `alice-${RUN}`, options);
+  const bob = new Client("bob", `bob-${RUN}`);
+  const first = await alice.connected();
+  await bob.connected();
+  await alice.call("join", { room });
+  await bob.call("join", { room });
+  return { room, alice, bob, first };
+}
+
+/** Bob's traffic while Alice is away: room messages and directs, interleaved. */
+async function meanwhile(bob, room, sid, user) {
+  const acks = [];
+  acks.push(await bob.call("publish", { room, data: { n: 1 } }));
+  acks.push(await bob.call("direct", { to: sid, event: "dm", data: { n: 2 } }));
+  acks.push(await bob.call("publish", { room, event: "chat", data: { n: 3 } }));
+  acks.push(await bob.call("direct", { user, data: { n: 4 } }));
+  acks.push(await bob.call("publish", { room, data: { n: 5 } }));
+  return acks;
+}
+
+const SCENARIOS = {
+  /** Drop, traffic while away (seen to be away: Bob hears the leave), manual reconnect. */
+  async manual() {
+    const { room, alice, bob, first } = await pair();
+    const sid = alice.socket.id;
+    const mark = alice.log.length;
+    alice.socket.io.engine.close(); // the transport dies under the socket
+    const dropped = await alice.disconnected(mark);
+    await bob.presence("leave", sid);
+    const acks = await meanwhile(bob, room, sid, `alice-${RUN}`);
+    const bobMark = bob.log.length;
+    const back = alice.log.length;
+    alice.socket.connect();
+    const again = await alice.connected(back);
+    await alice.gotAll(5, back);
+    const rejoined = await bob.presence("join", sid, bobMark);
+    // still in the room: a live message arrives after the missed ones
+    const live = await bob.call("publish", { room, data: { n: 6 } });
+    await alice.gotAll(6, back);
+    const presence = await alice.call("presence", { room });
+    // an explicit goodbye is not recoverable: a new sid, recovered false
+    const gone = alice.log.length;
+    alice.socket.disconnect();
+    alice.socket.connect();
+    const fresh = await alice.connected(gone);
+    const freshPresence = await bob.call("presence", { room });
+    return {
+      room,
+      sid,
+      first,
+      dropped,
+      acks,
+      again,
+      rejoined: rejoined.args[0],
+      live,
+      received: alice.received(back),
+      connectIndex: alice.log.slice(back).findIndex((e) => e.lifecycle === "connect"),
+      firstMessageIndex: alice.log.slice(back).findIndex((e) => e.event && e.event !== "presence"),
+      presence,
+      fresh,
+      freshPresence,
+    };
+  },
+
+  /** The client's own reconnection loop: traffic races the reconnect; still all, once, in order. */
+  async auto() {
+    const { room, alice, bob } = await pair({ reconnection: true });
+    const sid = alice.socket.id;
+    const mark = alice.log.length;
+    alice.socket.io.engine.close();
+    const dropped = await alice.disconnected(mark);
+    await bob.presence("leave", sid);
+    const acks = await meanwhile(bob, room, sid, `alice-${RUN}`);
+    const again = await alice.connected(mark);
+    await alice.gotAll(5, mark);
+    const live = await bob.call("publish", { room, data: { n: 6 } });
+    await alice.gotAll(6, mark);
+    return { sid, dropped, acks, again, live, received: alice.received(mark) };
+  },
+};
+
+async function main() {
+  if (transport !== "websocket" && transport !== "polling") fail("transport: websocket|polling");
+  const scenario = SCENARIOS[scenarioName];
+  if (!scenario) fail(`unknown scenario; expected one of ${Object.keys(SCENARIOS).join(", ")}`);
+  const overall = setTimeout(() => fail(`still running after ${TOTAL_MS} ms`), TOTAL_MS);
+  let result;
+  try {
+    result = await scenario();
+  } catch (err) {
+    fail(err instanceof Expected ? err.message : (err?.stack ?? String(err)));
+  }
+  clearTimeout(overall);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+  for (const s of sockets) s.disconnect();
+  setTimeout(() => {
+    process.stderr.write("note: a connection was still open 2 s after disconnect()\n");
+    process.exit(0);
+  }, 2000).unref();
+}
+
+main();
