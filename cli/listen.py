@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.console import fail, note, stdout_closed, stdout_console, warn
+from cli.options import DEFAULT_URL, AsUser, Token, Url
 from cli.render import HumanOutput, JsonOutput, Output
 from relay.errors import Internal, RelayError, Unavailable
 
@@ -379,19 +380,12 @@ def listen(
     max_backoff: Annotated[
         float, typer.Option(min=0.01, help="Longest wait between reconnect attempts, seconds.")
     ] = BACKOFF_CAP,
-    as_user: Annotated[
-        str | None,
-        typer.Option("--as", "--user-name", help="Connect as this user (open mode: auth.user)."),
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option(envvar="RELAY_TOKEN", help="JWT to connect with (auth.token).")
-    ] = None,
+    as_user: AsUser = None,
+    token: Token = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status or reconnect lines on stderr.")
     ] = False,
-    url: Annotated[
-        str, typer.Option(envvar="RELAY_URL", help="The relay to connect to.")
-    ] = "http://127.0.0.1:8000",
+    url: Url = DEFAULT_URL,
 ) -> None:
     """Print every message published to the rooms (and sent to this connection) as it arrives.
 

@@ -21,6 +21,7 @@ import orjson
 import typer
 
 from cli.console import fail, stdout_closed, stdout_console, warn
+from cli.options import DEFAULT_URL, AsUser, Token, Url
 from relay.errors import BadRequest, RelayError, TooLarge
 
 if TYPE_CHECKING:
@@ -236,13 +237,8 @@ def send(
     event: Annotated[
         str | None, typer.Option("--event", "-e", help="Event name (default: message).")
     ] = None,
-    as_user: Annotated[
-        str | None,
-        typer.Option("--as", "--user-name", help="Connect as this user (open mode: auth.user)."),
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option(envvar="RELAY_TOKEN", help="JWT to connect with (auth.token).")
-    ] = None,
+    as_user: AsUser = None,
+    token: Token = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send DATA as a string, never JSON.")] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print each ack as one JSON object per line.")
@@ -254,9 +250,7 @@ def send(
     window: Annotated[
         int, typer.Option(min=1, help="Acks outstanding at once while streaming stdin.")
     ] = 64,
-    url: Annotated[
-        str, typer.Option(envvar="RELAY_URL", help="The relay to connect to.")
-    ] = "http://127.0.0.1:8000",
+    url: Url = DEFAULT_URL,
 ) -> None:
     """Publish DATA to a room (--room), or send it to one connection (--to) or user (--user)."""
     from cli.render import HumanOutput, JsonOutput, Output, QuietOutput
