@@ -34,6 +34,15 @@ log = logging.getLogger("relay.engine")
 _MESSAGE = eio_packet.MESSAGE
 _PING_FRAME = fastws.text_frame(eio_packet.Packet(eio_packet.PING).encode())
 
+#: what decoding a client's malformed packet raises (python-engineio / python-socketio parsers)
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeError)
+
+
+def _brief(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 #: python-engineio clients refuse a long-polling payload of more than 16 packets (and drop the
 #: connection), so a poll answers with at most this many; the rest wait for the next poll.
 MAX_POLL_PACKETS = 16
@@ -298,6 +307,9 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
                     # an Engine.IO MESSAGE: straight to Socket.IO, no packet object, no closure
                     try:
                         await on_message(sid, data[1:])
+                    except _MALFORMED as exc:
+                        # a client's garbage: one line, no traceback (a flood must stay cheap)
+                        log.info("%s sent a malformed packet: %s", sid, _brief(exc))
                     except Exception:
                         log.exception("error handling a message from %s", sid)
                     continue
@@ -307,6 +319,8 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
                     pass
                 except eio_exceptions.SocketIsClosedError:
                     break
+                except _MALFORMED as exc:
+                    log.info("%s sent a malformed packet: %s", sid, _brief(exc))
                 except Exception:
                     log.exception("error handling a packet from %s", self.sid)
         finally:
