@@ -76,25 +76,28 @@ class EngineIOTransport:
             return False
         return self._deliver((sock,), packet, None) == 1
 
+    def _resolve(self, sids: Iterable[str]) -> list[Any]:
+        """The attached sockets of ``sids`` (sids that are gone are skipped)."""
+        return [s for s in map(self._sockets.get, sids) if s is not None]
+
+    def _skip(self, skip: str | None) -> Any:
+        return self._sockets.get(skip) if skip is not None else None
+
     def send_many(self, sids: Iterable[str], packet: str, skip: str | None = None) -> int:
-        sockets = self._sockets
-        targets = [s for s in map(sockets.get, sids) if s is not None]
-        return self._deliver(targets, packet, sockets.get(skip) if skip is not None else None)
+        return self._deliver(self._resolve(sids), packet, self._skip(skip))
 
     def send_room(
         self, room: str, version: int, sids: Iterable[str], packet: str, skip: str | None = None
     ) -> int:
         cached = self._rooms.get(room)
         if cached is None or cached[0] != version:
-            sockets = self._sockets
-            targets = [s for s in map(sockets.get, sids) if s is not None]
+            targets = self._resolve(sids)
             if len(self._rooms) >= ROOM_CACHE_SIZE:
                 self._rooms.clear()
             self._rooms[room] = (version, targets)
         else:
             targets = cached[1]
-        skip_sock = self._sockets.get(skip) if skip is not None else None
-        return self._deliver(targets, packet, skip_sock)
+        return self._deliver(targets, packet, self._skip(skip))
 
     def _deliver(self, targets: Iterable[Any], packet: str, skip: Any) -> int:
         # the hot loop of every broadcast: keep it free of calls and lookups by key
