@@ -23,6 +23,8 @@ import aiohttp
 
 from loadtest import stats
 from loadtest.clients import Client, ConnectError, PollingClient, WSClient
+from loadtest.stats import EXACT_BELOW as _EXACT_BELOW
+from loadtest.stats import SIG_BITS as _SIG_BITS
 
 _time_ns = time.time_ns
 PROGRESS_EVERY = 0.25  # seconds between counter updates to the parent
@@ -126,8 +128,9 @@ class Swarm:
             st[1] = seq
         else:
             acc.place(key, seq)
-        if lat >= 2048:
-            shift = lat.bit_length() - 11
+        # stats.quantize, inlined: this runs once per received delivery
+        if lat >= _EXACT_BELOW:
+            shift = lat.bit_length() - _SIG_BITS
             lat = (lat >> shift) << shift
         elif lat < 0:
             lat = 0

@@ -25,6 +25,9 @@ from hdrh.histogram import HdrHistogram
 
 HIGHEST_US = 3_600_000_000  # one hour: anything slower is a hang, not a latency
 SIGNIFICANT = 3
+#: HDR's resolution at 3 significant digits: values keep their top 11 bits
+SIG_BITS = 11
+EXACT_BELOW = 1 << SIG_BITS
 
 
 def new_histogram() -> HdrHistogram:
@@ -34,9 +37,9 @@ def new_histogram() -> HdrHistogram:
 
 def quantize(value: int) -> int:
     """``value`` rounded down to 11 significant bits (HDR's resolution at 3 digits)."""
-    if value < 2048:
+    if value < EXACT_BELOW:
         return value if value > 0 else 0
-    shift = value.bit_length() - 11
+    shift = value.bit_length() - SIG_BITS
     return (value >> shift) << shift
 
 
@@ -49,11 +52,7 @@ class Counts:
         self.buckets: dict[int, int] = {}
 
     def record(self, value: int) -> None:
-        if value >= 2048:
-            shift = value.bit_length() - 11
-            value = (value >> shift) << shift
-        elif value < 0:
-            value = 0
+        value = quantize(value)
         b = self.buckets
         b[value] = b.get(value, 0) + 1
 
