@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -27,6 +29,25 @@ from loadtest.protocol import DELIVERY_PREFIX, ProtocolError
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_FRAME = 16 * 1024 * 1024
 _rand = random.Random()
+#: Linux only; elsewhere ACKs stay as the kernel sends them
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def delay_acks(sock: Any) -> None:
+    """Let the kernel delay this socket's ACKs (Linux: ``TCP_QUICKACK`` off = "pingpong" mode).
+
+    A swarm client only receives, and by default Linux ACKs every small pushed segment as soon
+    as it is read: that ACK's trip through loopback, including the server socket's ``tcp_ack``,
+    was a third of the client's CPU per delivery (perf on benchmarks/loadgen_cpu.py
+    ``transport``). With ACKs delayed, the kernel ACKs every second segment, or when its
+    delayed-ACK timer (40 ms) fires: half the ACKs under load. It can only add latency to a
+    server that leaves Nagle on, which Socket.IO servers do not (uvicorn/uvloop, and Node's
+    ``ws`` and ``http``, set ``TCP_NODELAY``). The kernel leaves the mode when that timer fires,
+    so the swarm sets it again once a second. ``sock`` is the transport's socket, or None.
+    """
+    if _QUICKACK is not None and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 0)
 
 
 class Sink(Protocol):
@@ -129,6 +150,9 @@ class Client:
         self.acks[self.next_ack] = token
         self.send(protocol.event_packet(event, payload, self.next_ack))
 
+    def delay_acks(self) -> None:
+        """See :func:`delay_acks`; a no-op but for websocket clients."""
+
     def lost(self) -> None:
         if not self.closed:
             self.closed = True
@@ -160,6 +184,7 @@ class _WSProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.upgraded = False
+        self.sock: Any = None
         self.fragments: list[bytes] | None = None
         self.key = base64.b64encode(_rand.getrandbits(128).to_bytes(16, "big"))
         self.request = (
@@ -300,6 +325,9 @@ class _WSProtocol(asyncio.Protocol):
             self._abort("websocket upgrade: wrong Sec-WebSocket-Accept")
             return False
         self.upgraded = True
+        # uvloop builds a new socket object per get_extra_info call: keep this one
+        self.sock = self.transport.get_extra_info("socket") if self.transport else None
+        delay_acks(self.sock)
         if not self.opened.done():
             self.opened.set_result(None)
         return True
@@ -335,6 +363,11 @@ class WSClient(Client):
     ``transports: ['websocket']`` do."""
 
     proto: _WSProtocol | None = None
+
+    def delay_acks(self) -> None:
+        p = self.proto
+        if p is not None and p.transport is not None:
+            delay_acks(p.sock)
 
     def send(self, text: str) -> None:
         p = self.proto

@@ -1,8 +1,9 @@
 """One worker process's swarm: connect its share of clients, join, publish, count.
 
 The worker talks to the parent over a multiprocessing pipe (see :mod:`loadtest.workers` for the
-message flow). Everything per delivery happens in :meth:`Swarm.on_delivery`: one ``orjson``
-parse of the envelope, one dict lookup for the stream, one dict increment for the latency.
+message flow). Everything per delivery happens in :meth:`Swarm.on_delivery`: find the run's
+tag in the frame (no JSON parse), one dict lookup for the stream, one dict increment for the
+latency; in C (loadtest/_fastcount.c) where it was built, else in Python.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,6 +27,12 @@ from loadtest import stats
 from loadtest.clients import Client, ConnectError, PollingClient, WSClient
 from loadtest.stats import EXACT_BELOW as _EXACT_BELOW
 from loadtest.stats import SIG_BITS as _SIG_BITS
+
+_fast_count: Callable[..., Any] | None
+try:  # the C accounting (setup: pyproject's ext-modules, optional); else the Python below
+    from loadtest._fastcount import count as _fast_count
+except ImportError:  # pragma: no cover - depends on a compiler at install time
+    _fast_count = None
 
 _time_ns = time.time_ns
 PROGRESS_EVERY = 0.25  # seconds between counter updates to the parent
@@ -96,7 +104,7 @@ class Swarm:
         self.error_codes: dict[str, int] = {}
 
     # -- sink for clients -----------------------------------------------------------------
-    def on_delivery(self, local: int, frame: bytes) -> None:
+    def on_delivery_py(self, local: int, frame: bytes) -> None:
         """One ``42["message",{...}]`` frame (maybe still behind its websocket header). The hot
         path: no JSON parse, no object kept.
 
@@ -137,6 +145,29 @@ class Swarm:
         buckets = self.lat_buckets
         buckets[lat] = buckets.get(lat, 0) + 1
         self.last_ns = now
+
+    def on_delivery_c(self, local: int, frame: bytes) -> None:
+        """:meth:`on_delivery` with the parse, the latency and the stream's fast path in C
+        (loadtest/_fastcount.c): about 0.4 µs a delivery instead of 2."""
+        assert _fast_count is not None
+        r = _fast_count(frame, self.hot, local, self.streams, self.lat_buckets)
+        if r.__class__ is int:
+            if r > 0:
+                self.acc.received += 1
+                self.last_ns = r
+            elif r == -1:
+                self._off_phase(frame)
+            else:
+                self.foreign += 1
+            return
+        now, key, seq = r
+        acc = self.acc
+        acc.received += 1
+        acc.place(key, seq)
+        self.last_ns = now
+
+    #: the sink's entry point: the C accounting where it was built
+    on_delivery = on_delivery_c if _fast_count is not None else on_delivery_py
 
     def _off_phase(self, frame: bytes) -> None:
         """Not tagged with the current phase: a late delivery of an earlier one, or foreign."""
@@ -213,7 +244,11 @@ class Swarm:
         while True:
             await asyncio.sleep(PROGRESS_EVERY)
             n += 1
-            self.send("progress", self.progress(n % HIST_EVERY == 0))
+            every_second = n % HIST_EVERY == 0
+            self.send("progress", self.progress(every_second))
+            if every_second:
+                for client in self.clients:
+                    client.delay_acks()
 
     # -- phases ---------------------------------------------------------------------------
     async def connect_all(self) -> dict[str, Any]:
@@ -316,7 +351,8 @@ class Swarm:
                 else:
                     self._broadcast(client, k)
                 sent += 1
-            await asyncio.sleep(0.005)
+            # until the next one is due (a slow rate wakes rarely), batching a fast one by 1 ms
+            await asyncio.sleep(max(t0 + sent / rate - loop.time(), 0.001))
 
     def _broadcast(self, client: Client, k: int) -> None:
         stream = client.idx << 1

@@ -1,0 +1,3 @@
+def count(
+    frame: bytes, hot: bytes, local: int, streams: dict[int, list[object]], buckets: dict[int, int]
+) -> int | tuple[int, int, int]: ...
