@@ -419,6 +419,10 @@ def _client_ssl() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+#: what browsers send: Node's engine.io reads an octet-stream POST as binary and drops the session
+TEXT_BODY = {"Content-Type": "text/plain;charset=UTF-8"}
+
+
 class PollingClient(Client):
     """Engine.IO long-polling: one GET parked at all times, POSTs serialised with batching."""
 
@@ -448,7 +452,7 @@ class PollingClient(Client):
         try:
             while self._out and not self.closed:
                 body, self._out = protocol.RECORD_SEPARATOR.join(self._out), []
-                async with self.session.post(self._base, data=body.encode()) as r:
+                async with self._post(body) as r:
                     await r.read()
                     if r.status != 200:
                         self.lost()
@@ -456,6 +460,9 @@ class PollingClient(Client):
             self.lost()
         finally:
             self._posting = False
+
+    def _post(self, body: str) -> Any:
+        return self.session.post(self._base, data=body.encode(), headers=TEXT_BODY)
 
     async def _poll(self) -> None:
         on_packet = self.on_packet
@@ -507,7 +514,7 @@ class PollingClient(Client):
         with _suppress():
             async with asyncio.timeout(2):
                 body = protocol.RECORD_SEPARATOR.join(self._out)
-                async with self.session.post(self._base, data=body.encode()) as r:
+                async with self._post(body) as r:
                     await r.read()
         self.closed = True
         for task in list(self._tasks):
