@@ -126,6 +126,9 @@ def _step(p: PhaseResult) -> dict[str, Any]:
         "deliveries_per_s": round(p.deliveries_per_s, 1),
         "latency_ms": stats.summary_ms(p.latency, stats.LATENCY_PERCENTILES),
         "loadgen_cpu_percent": round(100 * p.cpu_s / p.wall_s, 1) if p.wall_s else 0.0,
+        "loadgen_cpu_us_per_delivery": (
+            round(1e6 * p.cpu_s / p.counts["received"], 2) if p.counts["received"] else None
+        ),
     }
 
 
@@ -204,12 +207,13 @@ def render(report: dict[str, Any], console: Console) -> None:
     ramp = report.get("ramp")
     if ramp:
         rt = Table(title="ramp")
-        for col in ("rate/s", "deliveries/s", "p99 ms", "lost", "gen CPU %"):
+        for col in ("rate/s", "deliveries/s", "p99 ms", "lost", "gen CPU %", "gen µs/delivery"):
             rt.add_column(col, justify="right")
         for s in ramp["steps"]:
             rt.add_row(
                 _fmt(s["rate"]), _fmt(s["deliveries_per_s"]), _fmt(s["latency_ms"]["p99"]),
                 _fmt(s["lost"]), _fmt(s["loadgen_cpu_percent"]),
+                _fmt(s["loadgen_cpu_us_per_delivery"]),
             )  # fmt: skip
         console.print(rt)
         console.print(

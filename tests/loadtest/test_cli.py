@@ -54,6 +54,7 @@ def test_ramp_reports_steps_and_highest_sustained_rate(live_relay: Any) -> None:
     assert [s["rate"] for s in ramp["steps"]] == [20, 30]
     assert ramp["max_sustained_rate"] == 30
     assert all(s["lost"] == 0 for s in ramp["steps"])
+    assert all(s["loadgen_cpu_us_per_delivery"] > 0 for s in ramp["steps"])
 
 
 def test_refused_connection_is_one_line_error() -> None:
