@@ -15,10 +15,12 @@ What differs from python-engineio's own ``AsyncServer`` (the wire protocol does 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import engineio
@@ -33,6 +35,17 @@ log = logging.getLogger("relay.engine")
 
 _MESSAGE = eio_packet.MESSAGE
 _PING_FRAME = fastws.text_frame(eio_packet.Packet(eio_packet.PING).encode())
+
+#: environ entries only the request that opened a websocket needs
+_REQUEST_ONLY = ("asgi.scope", "asgi.receive", "asgi.send", "wsgi.input")
+
+#: reader tasks running (a reference, so none is collected mid-way)
+_readers: set[asyncio.Task[None]] = set()
+
+_UNRESOLVED = object()
+
+#: messages waiting for a connection's reader before it stops reading from the socket
+_BACKLOG_PAUSE = 64
 
 #: what decoding a client's malformed packet raises (python-engineio / python-socketio parsers)
 _MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeError)
@@ -184,6 +197,8 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         self.fast: fastws.FastWebSocketProtocol | None = None
         self.ping_seq = 0
         self._fast_candidate: fastws.FastWebSocketProtocol | None = None
+        #: messages waiting for the reader task (None while no task runs; a None item: closed)
+        self._backlog: collections.deque[str | bytes | None] | None = None
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -262,7 +277,13 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         candidate = (scope.get("extensions") or {}).get(fastws.EXTENSION)
         if isinstance(candidate, fastws.FastWebSocketProtocol):
             self._fast_candidate = candidate
-        return await super()._upgrade_websocket(environ)
+        result = await super()._upgrade_websocket(environ)
+        if self.fast is not None:
+            # detached: python-socketio keeps this environ for the connection's lifetime, and
+            # the request's ASGI objects (scope, headers list, channels) are of no further use
+            for key in _REQUEST_ONLY:
+                environ.pop(key, None)
+        return result
 
     async def _websocket_handler(self, ws: Any) -> None:
         fast = self._fast_candidate
@@ -285,51 +306,110 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
             if pkt is not None:
                 self.push(pkt)
         self.queue = _NO_QUEUE
-        reason = self.server.reason.TRANSPORT_CLOSE
-        limit = self.server.max_http_buffer_size
-        receive = self.receive
-        on_message = self.server.handlers.get("message")
-        sid = self.sid
+        # from here on the protocol calls us back; the ASGI task (and every coroutine frame
+        # of the request that opened this websocket) ends, so an idle connection holds none
+        fast.detach(self._on_frame, self._on_close)
+
+    def _on_frame(self, data: str | bytes | None) -> None:
+        """A message from the websocket (None: it closed), called by the protocol."""
+        backlog = self._backlog
+        if backlog is not None:  # a reader is at work: in order, after what it has
+            backlog.append(data)
+            if len(backlog) > _BACKLOG_PAUSE and self.fast is not None:
+                self.fast.transport.pause_reading()
+            return
+        if data == "3":  # PONG: the commonest packet of an idle connection, handled inline
+            self.schedule_ping()
+            return
+        if type(data) is str and data[:1] == "4" and self._handled_now(data):
+            return
+        self._backlog = collections.deque((data,))
+        task = asyncio.get_running_loop().create_task(self._drain())
+        _readers.add(task)
+        task.add_done_callback(_readers.discard)
+
+    def _handled_now(self, data: str) -> bool:
+        """An Engine.IO MESSAGE that Socket.IO can handle without awaiting (relay's events on
+        the default namespace: see ``RelaySocketIO.handle_message_now``), handled here: no task,
+        no coroutine. Only called with no backlog, so a connection's messages keep their order.
+        """
+        now = self.server.message_now()
+        if now is None or len(data) > self.server.max_http_buffer_size:
+            return False
         try:
-            while True:
-                try:
-                    data = await ws.wait()
-                except (OSError, asyncio.CancelledError):
-                    break
-                if data is None:
-                    break
-                if len(data) > limit:
-                    break
-                if data == "3":  # PONG: the commonest packet of an idle connection
-                    self.schedule_ping()
-                    continue
-                if on_message is not None and type(data) is str and data[:1] == "4":
-                    # an Engine.IO MESSAGE: straight to Socket.IO, no packet object, no closure
-                    try:
-                        await on_message(sid, data[1:])
-                    except _MALFORMED as exc:
-                        # a client's garbage: one line, no traceback (a flood must stay cheap)
-                        log.info("%s sent a malformed packet: %s", sid, _brief(exc))
-                    except Exception:
-                        log.exception("error handling a message from %s", sid)
-                    continue
-                try:
-                    await receive(eio_packet.Packet(encoded_packet=data))
-                except eio_exceptions.UnknownPacketError:
-                    pass
-                except eio_exceptions.SocketIsClosedError:
-                    break
-                except _MALFORMED as exc:
-                    log.info("%s sent a malformed packet: %s", sid, _brief(exc))
-                except Exception:
-                    log.exception("error handling a packet from %s", self.sid)
+            return bool(now(self.sid, data[1:]))
+        except _MALFORMED as exc:
+            # a client's garbage: one line, no traceback (a flood must stay cheap)
+            log.info("%s sent a malformed packet: %s", self.sid, _brief(exc))
+        except Exception:
+            log.exception("error handling a message from %s", self.sid)
+        return True
+
+    def _on_close(self) -> None:
+        self._on_frame(None)
+
+    async def _drain(self) -> None:
+        """Handle the messages that arrived, in order, then end (a task per burst, not per
+        connection)."""
+        backlog = self._backlog
+        assert backlog is not None
+        fast = self.fast
+        try:
+            while backlog:
+                data = backlog.popleft()
+                if data is None or not await self._handle(data):
+                    await self._finish(fast)
+                    return
+                if fast is not None and len(backlog) == _BACKLOG_PAUSE // 2:
+                    with contextlib.suppress(Exception):
+                        fast.transport.resume_reading()
         finally:
-            if fast.drop_reason is not None:
-                reason = fast.drop_reason
+            self._backlog = None
+
+    async def _handle(self, data: str | bytes) -> bool:
+        """One message from the websocket; False when the connection must end."""
+        if len(data) > self.server.max_http_buffer_size:
+            return False
+        if data == "3":
+            self.schedule_ping()
+            return True
+        on_message = self.server.handlers.get("message")
+        if on_message is not None and type(data) is str and data[:1] == "4":
+            # an Engine.IO MESSAGE: straight to Socket.IO, no packet object, no closure
+            try:
+                await on_message(self.sid, data[1:])
+            except _MALFORMED as exc:
+                # a client's garbage: one line, no traceback (a flood must stay cheap)
+                log.info("%s sent a malformed packet: %s", self.sid, _brief(exc))
+            except Exception:
+                log.exception("error handling a message from %s", self.sid)
+            return True
+        try:
+            await self.receive(eio_packet.Packet(encoded_packet=data))
+        except eio_exceptions.UnknownPacketError:
+            pass
+        except eio_exceptions.SocketIsClosedError:
+            return False
+        except _MALFORMED as exc:
+            log.info("%s sent a malformed packet: %s", self.sid, _brief(exc))
+        except Exception:
+            log.exception("error handling a packet from %s", self.sid)
+        return True
+
+    async def _finish(self, fast: fastws.FastWebSocketProtocol | None) -> None:
+        """The websocket ended (or must): close the session, forget it, close the socket."""
+        if fast is None or self.fast is not fast:
+            return
+        reason = fast.drop_reason or self.server.reason.TRANSPORT_CLOSE
+        try:
             await self.close(wait=False, abort=True, reason=reason)
-            self.fast = None
-            with contextlib.suppress(Exception):
-                await ws.close()
+        except Exception:
+            log.exception("closing %s", self.sid)
+        self.fast = None
+        fast.close()
+        sockets = self.server.sockets
+        if sockets.get(self.sid) is self:
+            del sockets[self.sid]
 
     async def _probe(self, ws: Any) -> bool:
         """The polling -> websocket upgrade handshake (PING probe, PONG probe, UPGRADE)."""
@@ -444,6 +524,18 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         self.start_service_task = False  # the PingScheduler does its job
         self._async = {**self._async, "translate_request": translate_request}
         self.pings = PingScheduler(self)
+        self._message_now: Any = _UNRESOLVED
+
+    def message_now(self) -> Callable[[str, str], bool] | None:
+        """The Socket.IO layer's synchronous message handler, if it has one (looked up once:
+        python-socketio registers its "message" handler when it is built)."""
+        now = self._message_now
+        if now is _UNRESOLVED:
+            handler = self.handlers.get("message")
+            now = getattr(getattr(handler, "__self__", None), "handle_message_now", None)
+            if handler is not None:
+                self._message_now = now
+        return now  # type: ignore[no-any-return]
 
     async def _handle_connect(
         self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None

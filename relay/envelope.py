@@ -51,21 +51,35 @@ def encode_data(data: Any, limit: int) -> bytes:
     return raw
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Message:
-    """One accepted message: its envelope, and the packet every recipient gets."""
+    """One accepted message: what its envelope says, and the packet every recipient gets.
+
+    Treat it as immutable. The envelope itself is made only when asked for (the HTTP API's
+    history): recipients get ``packet``, encoded once, and nothing else reads the dict.
+    """
 
     id: str
     room: str | None
     event: str
     offset: int | None
     ts: int
-    envelope: dict[str, Any]
     packet: str
+    sender_sid: str | None
+    sender_user: str | None
+    data: Any
 
     @property
-    def data(self) -> Any:
-        return self.envelope["data"]
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "room": self.room,
+            "event": self.event,
+            "from": {"sid": self.sender_sid, "user": self.sender_user},
+            "data": self.data,
+            "offset": self.offset,
+            "ts": self.ts,
+        }
 
 
 def build(
@@ -80,7 +94,7 @@ def build(
     offset: int | None,
     ts: int,
 ) -> Message:
-    """Make the envelope and its Socket.IO packet text from already-encoded ``data``."""
+    """Make the message and its Socket.IO packet text from already-encoded ``data``."""
     head = {
         "id": id,
         "room": room,
@@ -91,9 +105,7 @@ def build(
         "ts": ts,
     }
     packet = "2" + orjson.dumps([event, head]).decode()
-    envelope = dict(head)
-    envelope["data"] = data
-    return Message(id, room, event, offset, ts, envelope, packet)
+    return Message(id, room, event, offset, ts, packet, sender_sid, sender_user, data)
 
 
 def event_packet(event: str, payload: Any) -> str:

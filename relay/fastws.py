@@ -17,12 +17,19 @@ already queued on the fast path, so a connection's frames keep their order.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import logging
 import struct
+from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr
+from websockets.speedups import apply_mask
 
 EXTENSION = "relay.fastws"
 
@@ -170,6 +177,15 @@ class Inbox:
             self._items = None
         return item
 
+    def get_nowait(self) -> Any:
+        items = self._items
+        if not items:
+            raise asyncio.QueueEmpty
+        item = items.pop(0)
+        if not items:
+            self._items = None
+        return item
+
     def empty(self) -> bool:
         return not self._items
 
@@ -177,17 +193,97 @@ class Inbox:
         return len(self._items or ())
 
 
-class FastWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O websockets protocol with relay's pre-encoded-frame fast path."""
+class FastWebSocketProtocol(asyncio.Protocol):
+    """A lean WebSocket server protocol for uvicorn (``ws=``), with relay's fast path.
+
+    uvicorn's own protocols re-serialize the upgrade request that httptools already parsed and
+    hand it to the ``websockets`` library to parse again, keep an ASGI task (and every frame of
+    the application's coroutines) alive for as long as the connection lives, and carry some
+    forty attributes per connection. This one:
+
+    - takes the parsed request from :class:`HttpProtocol` (:meth:`upgrade`), checks the
+      handshake itself (``Sec-WebSocket-Version: 13``, a ``Sec-WebSocket-Key`` of 16 bytes;
+      else a clear HTTP 400 or 426) and writes the 101 answer in one piece;
+    - speaks ASGI for the opening (``websocket.connect`` / ``websocket.accept``) and for as
+      long as the application reads through ``receive``; an application that calls
+      :meth:`detach` gets every later message through a callback instead, and its ASGI task
+      may return without closing the connection, so an idle connection holds no task;
+    - parses frames itself (RFC 6455: masked client frames, fragmentation, ping/pong, the
+      closing handshake, ``ws_max_size``; no extensions, so permessage-deflate stays off).
+    """
+
+    __slots__ = (
+        "app",
+        "app_state",
+        "client",
+        "close_sent",
+        "close_timer",
+        "config",
+        "disconnected",
+        "drop_reason",
+        "flusher",
+        "fragment_op",
+        "fragments",
+        "handshake_complete",
+        "inbox",
+        "limit",
+        "loop",
+        "max_size",
+        "on_close",
+        "on_message",
+        "paused",
+        "pending",
+        "read_paused",
+        "response",
+        "rest",
+        "scope",
+        "server",
+        "server_state",
+        "transport",
+        "waiter",
+    )
 
     #: bytes a connection may have queued (ours plus the transport's) before it is dropped
-    limit: int = 4 * 1024 * 1024
+    LIMIT = 4 * 1024 * 1024
+    #: seconds to wait for the client's answer to our close frame
+    CLOSE_TIMEOUT = 10.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.queue = Inbox()  # type: ignore[assignment]
-        self.logger = ws_log
-        self.conn.logger = ws_log
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()  # pragma: no cover
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.server_state = server_state
+        self.app_state = app_state
+        self.max_size: int = config.ws_max_size
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int | None] | None = None
+        self.scope: dict[str, Any] | None = None
+        self.inbox: Inbox | None = None
+        self.handshake_complete = False
+        self.close_sent = False
+        self.disconnected = False
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.read_paused = False
+        #: a denial response being assembled (``websocket.http.response.*``)
+        self.response: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
+        #: unparsed input (a frame's first part), and the fragments of a message in progress
+        self.rest = b""
+        self.fragments: list[bytes] | None = None
+        self.fragment_op = 0
+        #: set by :meth:`detach`
+        self.on_message: Callable[[str | bytes], None] | None = None
+        self.on_close: Callable[[], None] | None = None
+        #: an ASGI send waiting for the transport to drain
+        self.waiter: asyncio.Future[None] | None = None
         #: frames queued in this loop iteration: None, one frame (bytes), or a list of frames
         #: (typed Any: the hot loops tell them apart by ``__class__``, which mypy cannot follow)
         self.pending: Any = None
@@ -195,6 +291,451 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         self.paused = False
         self.flusher = flusher_for(self.loop)
         self.drop_reason: str | None = None
+        self.limit = self.LIMIT
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvicorn's way in; :class:`HttpProtocol` uses :meth:`adopt`, which knows the addresses)
+        self.adopt(transport, get_local_addr(transport), get_remote_addr(transport))  # type: ignore[arg-type]
+
+    def adopt(
+        self,
+        transport: asyncio.Transport,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+    ) -> None:
+        self.server_state.connections.add(self)
+        self.transport = transport
+        self.server = server
+        self.client = client
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        code = 1005 if self.handshake_complete else 1006
+        self.handshake_complete = True
+        self.disconnected = True
+        self.pending = None
+        self.rest = b""
+        self.fragments = None
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        self._wake_writer()
+        self._closed(code, "")
+        if exc is None:
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def shutdown(self) -> None:
+        """uvicorn's server is stopping: close with 1012 (service restart)."""
+        if self.close_sent:
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+                self.close_timer = None
+            self.transport.close()
+            return
+        if self.handshake_complete:
+            self.flush()
+            self.close_sent = True
+            self.transport.write(close_frame(1012))
+            self._closed(1012, "")
+        else:
+            self._respond(500, b"Internal Server Error")
+        self.transport.close()
+
+    # -- the opening handshake -----------------------------------------------------------------
+
+    def upgrade(
+        self, method: str, url: bytes, headers: list[tuple[bytes, bytes]], scope: Any
+    ) -> None:
+        """Answer an upgrade request httptools parsed (``scope`` is its HTTP scope)."""
+        key = version = None
+        subprotocols: list[str] = []
+        for name, value in headers:
+            if name == b"sec-websocket-key":
+                key = value
+            elif name == b"sec-websocket-version":
+                version = value
+            elif name == b"sec-websocket-protocol":
+                subprotocols.extend(t.strip() for t in value.decode("latin-1").split(","))
+        if method != "GET":
+            self._refuse(405, "a WebSocket handshake must be a GET request\n")
+            return
+        if version is None or version.strip() != b"13":
+            self._refuse(
+                426,
+                "unsupported or missing Sec-WebSocket-Version (this server speaks 13)\n",
+                [(b"Sec-WebSocket-Version", b"13")],
+            )
+            return
+        try:
+            raw_key = base64.b64decode(key or b"", validate=True)
+        except (binascii.Error, ValueError):
+            raw_key = b""
+        if len(raw_key) != 16:
+            self._refuse(400, "missing or invalid Sec-WebSocket-Key (must be 16 bytes, base64)\n")
+            return
+        accept = base64.b64encode(hashlib.sha1(key.strip() + _GUID).digest())  # type: ignore[union-attr]
+        raw_path, _, query = url.partition(b"?")
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        root_path = scope.get("root_path", "")
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": "wss" if scope.get("scheme") == "https" else "ws",
+            "server": self.server,
+            "client": self.client,
+            "root_path": root_path,
+            "path": root_path + path,
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query,
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "state": scope.get("state", {}),
+            "extensions": {"websocket.http.response": {}, EXTENSION: self},
+        }
+        self.response = (101, [], accept)
+        inbox = self.inbox = Inbox()
+        inbox.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        tasks = self.server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _refuse(
+        self, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        ws_log.warning("refused a websocket handshake from %s: %d %s", client, status, text.strip())
+        self.handshake_complete = True
+        self.close_sent = True
+        self._respond(status, text.encode(), headers)
+        self.transport.close()
+
+    def _respond(
+        self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """An HTTP response instead of the upgrade (then the connection closes)."""
+        names = {name.lower() for name, _ in headers or ()}
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status).encode())]
+        for name, value in [*self.server_state.default_headers, *(headers or ())]:
+            lines.append(name + b": " + value + b"\r\n")
+        if b"content-type" not in names:
+            lines.append(b"content-type: text/plain; charset=utf-8\r\n")
+        lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        lines.append(body)
+        self.transport.write(b"".join(lines))
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def run_asgi(self) -> None:
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            log.exception("Exception in ASGI application")
+            self._send_500()
+        else:
+            if not self.handshake_complete:
+                log.error("ASGI callable returned without completing handshake.")
+                self._send_500()
+            elif result is not None:
+                log.error("ASGI callable should return None, but returned %r.", result)
+        self.scope = None
+        if self.on_message is not None and not self.close_sent:
+            return  # detached: the connection lives on without the task
+        if self.close_timer is None:
+            self.transport.close()
+
+    def _send_500(self) -> None:
+        if not self.handshake_complete:
+            self.handshake_complete = True
+            self.close_sent = True
+            self._respond(500, b"Internal Server Error")
+
+    async def receive(self) -> dict[str, Any]:
+        inbox = self.inbox
+        if inbox is None:  # detached: nothing comes this way any more
+            return {"type": "websocket.disconnect", "code": 1005}
+        message = await inbox.get()
+        if self.read_paused and inbox.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message  # type: ignore[no-any-return]
+
+    async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if self.disconnected:
+            raise ClientDisconnected()
+        if not self.handshake_complete:
+            self._send_handshake(kind, message)
+            return
+        if self.close_sent:
+            raise ClientDisconnected()
+        if self.pending is not None:
+            self.flush()
+        if self.paused and not self.disconnected:
+            waiter = self.waiter = self.loop.create_future()
+            await waiter
+            if self.disconnected or self.close_sent:
+                raise ClientDisconnected()
+        if kind == "websocket.send":
+            data = message.get("bytes")
+            if data is not None:
+                self.transport.write(binary_frame(data))
+            else:
+                self.transport.write(text_frame(message.get("text") or ""))
+        elif kind == "websocket.close":
+            self.close(message.get("code", 1000), message.get("reason") or "")
+        else:
+            raise RuntimeError(
+                f"Expected ASGI message 'websocket.send' or 'websocket.close', but got {kind!r}."
+            )
+
+    def _send_handshake(self, kind: str, message: Any) -> None:
+        response = self.response
+        if kind == "websocket.accept" and response is not None and response[0] == 101:
+            self.response = None
+            if self.transport.is_closing():
+                return
+            lines = [_SWITCHING, response[2], b"\r\n"]
+            for name, value in self.server_state.default_headers:
+                lines += [name, b": ", value, b"\r\n"]
+            for name, value in message.get("headers") or ():
+                lines += [name, b": ", value, b"\r\n"]
+            subprotocol = message.get("subprotocol")
+            if subprotocol:
+                lines += [b"Sec-WebSocket-Protocol: ", subprotocol.encode(), b"\r\n"]
+            lines.append(b"\r\n")
+            self.handshake_complete = True
+            self.transport.write(b"".join(lines))
+            if ws_log.isEnabledFor(logging.DEBUG):
+                ws_log.debug(
+                    "%s - websocket %s [accepted]", self.client, self.scope and self.scope["path"]
+                )
+        elif kind == "websocket.close":
+            self.response = None
+            self.handshake_complete = True
+            self.close_sent = True
+            self._closed(1006, "")
+            self._respond(403, b"")
+            self.transport.close()
+        elif (
+            kind == "websocket.http.response.start" and response is not None and response[0] == 101
+        ):
+            status = message["status"]
+            if not 100 <= status < 600:
+                raise RuntimeError(f"Invalid HTTP status code {status} in response.")
+            self.response = (status, list(message.get("headers") or ()), b"")
+        elif kind == "websocket.http.response.body" and response and response[0] != 101:
+            body = response[2] + message.get("body", b"")
+            self.response = (response[0], response[1], body)
+            if not message.get("more_body", False):
+                self.response = None
+                self.handshake_complete = True
+                self.close_sent = True
+                self._closed(1006, "")
+                self._respond(response[0], body, response[1])
+                self.transport.close()
+        else:
+            raise RuntimeError(f"Unexpected ASGI message {kind!r} during the websocket handshake.")
+
+    def detach(
+        self, on_message: Callable[[str | bytes], None], on_close: Callable[[], None]
+    ) -> None:
+        """From now on, deliver messages to ``on_message`` and the end to ``on_close``.
+
+        Messages already received and not yet read go first, in order. The application's
+        ASGI task may then return: the connection stays open until it closes or is closed.
+        """
+        inbox = self.inbox
+        self.inbox = None
+        self.on_message = on_message
+        self.on_close = on_close
+        if inbox is not None:
+            while not inbox.empty():
+                item = inbox.get_nowait()
+                if item["type"] == "websocket.receive":
+                    text = item.get("text")
+                    on_message(text if text is not None else item["bytes"])
+                elif item["type"] == "websocket.disconnect":
+                    self._closed(1005, "")
+                    break
+        if self.disconnected:
+            self._closed(1006, "")
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _closed(self, code: int, reason: str) -> None:
+        """Tell the application (once, when detached) that the connection is over."""
+        on_close = self.on_close
+        if on_close is not None:
+            self.on_close = None
+            self.on_message = None
+            on_close()
+        elif self.inbox is not None:
+            self.inbox.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+
+    # -- frames in -----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.rest:
+            data = self.rest + data
+            self.rest = b""
+        n = len(data)
+        pos = 0
+        while n - pos >= 2 and not self.close_sent:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            if b0 & 0x70:
+                self.fail(1002, "reserved bits set (no extension was negotiated)")
+                return
+            if not b1 & 0x80:
+                self.fail(1002, "a client frame must be masked")
+                return
+            size = b1 & 0x7F
+            head = pos + 6
+            if size == 126:
+                if n - pos < 8:
+                    break
+                size = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                head = pos + 8
+            elif size == 127:
+                if n - pos < 14:
+                    break
+                size = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                head = pos + 14
+            opcode = b0 & 0x0F
+            if opcode < 8 and size + (self._fragmented() if opcode == 0 else 0) > self.max_size:
+                self.fail(1009, f"message over {self.max_size} bytes")
+                return
+            end = head + size
+            if end > n:
+                break
+            payload = apply_mask(data[head:end], data[head - 4 : head]) if size else b""
+            pos = end
+            if opcode >= 8:
+                if not b0 & 0x80 or size > 125:
+                    self.fail(1002, "a control frame must be final and at most 125 bytes")
+                    return
+                if opcode == 0x8:
+                    self._on_close_frame(payload)
+                    return
+                if opcode == 0x9:
+                    self.flush()
+                    self.transport.write(frame(0xA, payload))
+                elif opcode != 0xA:
+                    self.fail(1002, f"unknown opcode {opcode}")
+                    return
+                continue
+            if opcode == 0:
+                fragments = self.fragments
+                if fragments is None:
+                    self.fail(1002, "a continuation frame without a message to continue")
+                    return
+                fragments.append(payload)
+                if not b0 & 0x80:
+                    continue
+                self.fragments = None
+                opcode = self.fragment_op
+                payload = b"".join(fragments)
+            elif opcode > 2:
+                self.fail(1002, f"unknown opcode {opcode}")
+                return
+            elif self.fragments is not None:
+                self.fail(1002, "a new message before the last one's final frame")
+                return
+            elif not b0 & 0x80:
+                self.fragments = [payload]
+                self.fragment_op = opcode
+                continue
+            if opcode == 1:
+                try:
+                    message: str | bytes = payload.decode()
+                except UnicodeDecodeError:
+                    self.fail(1007, "a text message that is not UTF-8")
+                    return
+            else:
+                message = payload
+            on_message = self.on_message
+            if on_message is not None:
+                on_message(message)
+            elif self.inbox is not None:
+                kind = "text" if opcode == 1 else "bytes"
+                self.inbox.put_nowait({"type": "websocket.receive", kind: message})
+                if not self.read_paused:
+                    self.read_paused = True
+                    self.transport.pause_reading()
+        if pos < n and not self.close_sent:
+            self.rest = data[pos:]
+
+    def _fragmented(self) -> int:
+        return sum(len(f) for f in self.fragments) if self.fragments else 0
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        if len(payload) == 1:
+            self.fail(1002, "a close frame with a one-byte payload")
+            return
+        code = int.from_bytes(payload[:2], "big") if payload else 1005
+        reason = payload[2:].decode("utf-8", "replace")
+        if self.close_sent:  # the answer to ours: the closing handshake is complete
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+                self.close_timer = None
+            self.transport.close()
+            return
+        self.flush()
+        self.close_sent = True
+        self.transport.write(close_frame(code) if payload else frame(0x8, b""))
+        self.transport.close()
+        self._closed(code, reason)
+
+    def fail(self, code: int, reason: str) -> None:
+        """A protocol error: close with ``code`` at once (RFC 6455 §7.1.7)."""
+        if ws_log.isEnabledFor(logging.INFO):
+            ws_log.info("closing websocket %s: %s", self.client, reason)
+        self.pending = None
+        self.rest = b""
+        self.fragments = None
+        self.close_sent = True
+        self.transport.write(close_frame(code, reason))
+        self.transport.close()
+        self._closed(code, reason)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake (the client's answer, or a timeout, ends it)."""
+        if self.close_sent or self.disconnected:
+            return
+        self.flush()
+        self.close_sent = True
+        self.transport.write(close_frame(code, reason))
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.CLOSE_TIMEOUT, self.transport.close)
+        self._closed(code, reason)
 
     # -- the fast path -------------------------------------------------------------------------
 
@@ -273,47 +814,48 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         if not self.disconnected:
             self.transport.abort()
 
-    def pause_writing(self) -> None:
-        self.paused = True
-        super().pause_writing()
 
-    def resume_writing(self) -> None:
-        self.paused = False
-        super().resume_writing()
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_SWITCHING = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
 
-    # -- uvicorn's protocol, hooked ------------------------------------------------------------
 
-    def handle_connect(self, event: Any) -> None:
-        super().handle_connect(event)
-        scope = getattr(self, "scope", None)
-        if scope is not None:
-            scope["extensions"][EXTENSION] = self
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
-    async def send(self, message: Any) -> None:
-        if self.pending is not None:
-            self.flush()
-        await super().send(message)
-        if self.handshake_complete and getattr(self, "response", None) is not None:
-            # the handshake's request and response (two header maps, ~2 KB) are done with
-            self.request = self.response = None  # type: ignore[assignment]
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.pending = None
-        super().connection_lost(exc)
+def close_frame(code: int, reason: str = "") -> bytes:
+    return frame(0x8, code.to_bytes(2, "big") + reason.encode()[:123])
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools HTTP protocol, which lets go of itself once upgraded to a websocket.
+    """uvicorn's httptools HTTP protocol, handing an upgrade to :class:`FastWebSocketProtocol`.
 
-    Its parser holds it (a reference cycle), so after an upgrade the protocol, the parser and
-    their buffers waited for a full garbage collection, which under relay's GC settings
-    (:mod:`relay.gctune`) is rare: about 2 KB of garbage per websocket. Unhooking the parser
-    lets reference counting free them at once.
+    uvicorn's own upgrade re-serializes the request for the websocket protocol to parse again;
+    this hands over what httptools parsed. It also unhooks the parser, which holds the protocol
+    (a reference cycle that would otherwise wait for a full garbage collection).
     """
 
     def handle_websocket_upgrade(self) -> None:
-        super().handle_websocket_upgrade()
+        cls = self.ws_protocol_class
+        if cls is None or not issubclass(cls, FastWebSocketProtocol):
+            super().handle_websocket_upgrade()
+        else:
+            self.connections.discard(self)
+            protocol = cls(
+                config=self.config, server_state=self.server_state, app_state=self.app_state
+            )
+            transport = self.transport
+            protocol.adopt(transport, self.server, self.client)
+            transport.set_protocol(protocol)
+            protocol.upgrade(self.scope["method"], self.url, self.headers, self.scope)
         self.parser = None  # type: ignore[assignment]
+        self.cycle = None  # type: ignore[assignment]
 
 
 __all__ = [
@@ -323,6 +865,7 @@ __all__ = [
     "HttpProtocol",
     "Inbox",
     "binary_frame",
+    "close_frame",
     "flusher_for",
     "frame",
     "queue_frame",

@@ -7,6 +7,7 @@ digits and ``_-.:@/``. Reserved event names cannot be published or sent directly
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from relay.errors import BadRequest
@@ -87,7 +88,7 @@ class NestedTooDeeply:
 NESTED_TOO_DEEPLY = NestedTooDeeply()
 
 
-def payload(args: tuple[Any, ...], event: str) -> dict[str, Any]:
+def payload(args: Sequence[Any], event: str) -> dict[str, Any]:
     """The single object argument of a client event, with ``null`` fields dropped."""
     if args and args[0] is NESTED_TOO_DEEPLY:
         raise BadRequest(f"'{event}' payload is nested too deeply (JSON deeper than 1,024 levels)")
@@ -95,7 +96,10 @@ def payload(args: tuple[Any, ...], event: str) -> dict[str, Any]:
         got = "no argument" if not args else ", ".join(type(a).__name__ for a in args)
         raise BadRequest(f"'{event}' takes one object argument, got {got}")
     # ``data`` is required and may be any JSON value, null included; other nulls mean absent.
-    return {k: v for k, v in args[0].items() if v is not None or k == "data"}
+    given: dict[str, Any] = args[0]
+    if None not in given.values():  # the common case: nothing to drop, no copy
+        return given
+    return {k: v for k, v in given.items() if v is not None or k == "data"}
 
 
 def offset(value: Any, field: str = "since") -> int:

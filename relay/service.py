@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from relay import envelope
 from relay.auth import Identity
@@ -24,9 +23,12 @@ from relay.transport import Transport
 log = logging.getLogger("relay")
 
 
-@dataclass(slots=True, frozen=True)
-class Sender:
-    """Who sends: a connection (sid and user) or the HTTP API (both None)."""
+class Sender(NamedTuple):
+    """Who sends: a connection (sid and user) or the HTTP API (both None).
+
+    (A named tuple, not a frozen dataclass: one is made per message, and a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``.)
+    """
 
     sid: str | None = None
     user: str | None = None
@@ -199,11 +201,12 @@ class Relay:
             ts=self._clock(),
         )
         if to is not None:
-            targets = [to] if self.registry.get(to) is not None else []
+            sent = self.registry.get(to) is not None and self.transport.send(to, message.packet)
+            delivered = 1 if sent else 0
         else:
             assert user is not None
             targets = self.registry.sids_of_user(user)
-        delivered = self.transport.send_many(targets, message.packet)
+            delivered = self.transport.send_many(targets, message.packet)
         if self.recovery.waiting:  # a dropped connection collects it (not counted: not reached)
             if to is not None:
                 self.recovery.to_sid(to, message.packet)

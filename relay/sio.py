@@ -1,9 +1,12 @@
 """relay's python-socketio server: its Engine.IO layer, a fast event path, an O(1) disconnect.
 
-:class:`RelaySocketIO` decodes a plain EVENT packet on "/" with one ``orjson.loads``, awaits
+:class:`RelaySocketIO` decodes a plain EVENT packet on "/" with one ``orjson.loads``, runs
 the handler inline (as ``async_handlers=False`` does) and pushes the ack, encoded once, straight
 to the connection; python-socketio's generic path walks every payload looking for binary
-attachments on the way in and on the way out.
+attachments on the way in and on the way out. relay's own events have plain (not async)
+handlers (``fast_handlers``), run with no coroutine, task or packet object at all; and
+:meth:`RelaySocketIO.handle_message_now` offers that path to an Engine.IO layer that wants to
+handle a message without awaiting (straight from its protocol's ``data_received``).
 
 python-socketio's ``BaseManager.basic_disconnect`` copies and walks every room of the namespace
 to find the ones a client was in, and every client has a room of its own, so 10,000 clients
@@ -21,7 +24,11 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from relay import fastws
 from relay.engine import RelayEngine, RelaySocket
+
+#: a plain event handler: (sid, the event's arguments) -> the ack's argument (RelaySocketIO)
+FastHandler = Callable[[str, list[Any]], Any]
 
 
 class Admission(Protocol):
@@ -96,6 +103,13 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
     #: admits connections on "/" when connection state recovery is on (relay.handlers)
     gate: Callable[[Any], Admission] | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: plain (not async) handlers of events on "/", run straight from the packet: given
+        #: the sid and the event's arguments (a list), they return the ack's one argument, a
+        #: JSON-able dict. They take precedence over ``on()``'s handlers.
+        self.fast_handlers: dict[str, FastHandler] = {}
+
     def _engineio_server_class(self) -> type[RelayEngine]:
         return RelayEngine
 
@@ -144,14 +158,66 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         # "2[...]" or "2<id>[...]" on the default namespace: decoded once with orjson, the
-        # handler awaited inline, the ack encoded once and pushed without a task. Everything
-        # else (binary, other namespaces, CONNECT, ...) goes the python-socketio way.
+        # handler run inline (as ``async_handlers=False`` does) and the ack encoded once and
+        # pushed without a task. Everything else (binary, other namespaces, CONNECT, ...) goes
+        # the python-socketio way.
         if type(data) is str and data[:1] == "2" and eio_sid not in self._binary_packet:
             parsed = _parse_event(data)
             if parsed is not None:
-                await self._fast_event(eio_sid, parsed[0], parsed[1])
+                if not self._run_fast(eio_sid, parsed[0], parsed[1]):
+                    await self._fast_event(eio_sid, parsed[0], parsed[1])
                 return
         await super()._handle_eio_message(eio_sid, data)
+
+    def handle_message_now(self, eio_sid: str, data: Any) -> bool:
+        """Handle one Socket.IO packet from ``eio_sid`` at once, if that needs no await.
+
+        True: it was handled (the event's fast handler ran and its ack is pushed, or it was
+        dropped as python-socketio drops an event from a session not connected to "/").
+        False: nothing happened, and the caller must ``await`` the Engine.IO "message"
+        handler with it (binary packets, other namespaces, CONNECT, DISCONNECT, ACK, events
+        without a fast handler, sessions that are not relay's own). An Engine.IO layer can
+        call this straight from its protocol's ``data_received``: it never awaits.
+        """
+        if type(data) is str and data[:1] == "2" and eio_sid not in self._binary_packet:
+            parsed = _parse_event(data)
+            if parsed is not None:
+                return self._run_fast(eio_sid, parsed[0], parsed[1])
+        return False
+
+    def _run_fast(self, eio_sid: str, ack_id: int | None, args: list[Any]) -> bool:
+        """An event with a fast handler, run and acked without awaiting; False for others.
+
+        No _trigger_event, no handler coroutine, no packet object; on a websocket the ack is a
+        frame made from orjson's bytes, on long-polling one packet on the session's queue.
+        """
+        handler = self.fast_handlers.get(args[0])
+        if handler is None:
+            return False
+        sock = self.eio.sockets.get(eio_sid)
+        if not isinstance(sock, RelaySocket):
+            return False  # (no such session, or not relay's: its ack would need an await)
+        manager = self.manager
+        sid = manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not manager.is_connected(sid, "/"):
+            return True  # python-socketio ignores it too
+        result = handler(sid, args[1:])
+        if ack_id is None or sock.closed:
+            return True
+        # python-socketio's ack rules: None is no argument, a tuple several, else one
+        if type(result) is dict:
+            body = b"43%d" % ack_id + orjson.dumps([result])
+        elif result is None:
+            body = b"43%d[]" % ack_id
+        else:
+            ack = list(result) if isinstance(result, tuple) else [result]
+            body = b"43%d" % ack_id + orjson.dumps(ack)
+        fast = sock.fast
+        if fast is not None:
+            fast.write_frame(fastws.text_frame(body))
+        else:
+            sock.push(eio_packet.Packet(eio_packet.MESSAGE, body[1:].decode()))
+        return True
 
     async def _fast_event(self, eio_sid: str, ack_id: int | None, args: list[Any]) -> None:
         manager = self.manager
@@ -161,6 +227,10 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         result = await self._trigger_event(args[0], "/", sid, *args[1:])
         if ack_id is None or result is self.not_handled:
             return
+        await self._send_ack(eio_sid, ack_id, result)
+
+    async def _send_ack(self, eio_sid: str, ack_id: int, result: Any) -> None:
+        """Answer EVENT ``ack_id`` with a handler's ``result`` (python-socketio's rules)."""
         if result is None:
             ack: list[Any] = []
         elif isinstance(result, tuple):
@@ -182,11 +252,11 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
 
 def _parse_event(data: str) -> tuple[int | None, list[Any]] | None:
     """``2<id>?[event, ...]`` on "/" -> (id, args); None when not that simple shape."""
-    i = 1
-    n = len(data)
-    while i < n and data[i].isdigit():
-        i += 1
-    if i >= n or data[i] != "[":
+    i = data.find("[", 1)
+    if i < 0:
+        return None
+    digits = data[1:i]
+    if digits and not digits.isdigit():
         return None
     try:
         args = orjson.loads(data[i:])
@@ -194,7 +264,7 @@ def _parse_event(data: str) -> tuple[int | None, list[Any]] | None:
         return None
     if type(args) is not list or not args or type(args[0]) is not str:
         return None
-    return (int(data[1:i]) if i > 1 else None), args
+    return (int(digits) if digits else None), args
 
 
-__all__ = ["Admission", "RelayManager", "RelaySocketIO"]
+__all__ = ["Admission", "FastHandler", "RelayManager", "RelaySocketIO"]

@@ -71,10 +71,19 @@ class EngineIOTransport:
                 sock.queue.put_nowait(None)
 
     def send(self, sid: str, packet: str) -> bool:
+        # _deliver for one recipient (every unicast), without its loop and bookkeeping
         sock = self._sockets.get(sid)
         if sock is None:
             return False
-        return self._deliver((sock,), packet, None) == 1
+        fast = sock.fast
+        if fast is not None:
+            if fast.close_sent or fast.disconnected:
+                return False
+            return bool(fast.write_frame(fastws.text_frame("4" + packet)))
+        if sock.closing or sock.closed:
+            return False
+        sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, packet))
+        return True
 
     def _resolve(self, sids: Iterable[str]) -> list[Any]:
         """The attached sockets of ``sids`` (sids that are gone are skipped)."""
