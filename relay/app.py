@@ -21,6 +21,8 @@ from starlette.staticfiles import StaticFiles
 
 from relay import __version__, handlers, names
 from relay.api import Api
+from relay.engine import RelayEngine
+from relay.fastws import FastWebSocketProtocol
 from relay.service import Relay
 from relay.settings import Settings
 from relay.sio import RelayManager, RelaySocketIO
@@ -118,6 +120,20 @@ class RelayApp(Starlette):
     """
 
     socketio_app: Any = None
+
+    def accept_websocket(
+        self, proto: FastWebSocketProtocol, path: str, query: bytes, headers: Any
+    ) -> bool:
+        """A new Engine.IO websocket on ``/socket.io/``, opened without ASGI when the engine can
+        (:meth:`relay.engine.RelayEngine.accept_websocket`; see :data:`relay.fastws.DIRECT`)."""
+        sio_app = self.socketio_app
+        if sio_app is None or path != SOCKETIO_PREFIX:
+            return False
+        server = getattr(sio_app, "engineio_server", None)  # (python-socketio's server)
+        engine = getattr(server, "eio", server)
+        if not isinstance(engine, RelayEngine):
+            return False
+        return engine.accept_websocket(proto, query, headers, path)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         sio_app = self.socketio_app

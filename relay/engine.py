@@ -15,15 +15,18 @@ What differs from python-engineio's own ``AsyncServer`` (the wire protocol does 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import engineio
+import orjson
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
@@ -126,7 +129,13 @@ async def translate_request(scope: Any, receive: Any, send: Any) -> dict[str, An
         "asgi.send": send,
         "asgi.scope": scope,
     }
-    for name, value in scope["headers"]:
+    _add_headers(environ, scope["headers"])
+    return environ
+
+
+def _add_headers(environ: dict[str, Any], headers: Any) -> None:
+    """A request's headers as WSGI environ entries (``HTTP_*``, ``CONTENT_*``)."""
+    for name, value in headers:
         try:
             key = name.upper().decode("utf-8")
             text = value.decode("utf-8")
@@ -141,6 +150,25 @@ async def translate_request(scope: Any, receive: Any, send: Any) -> dict[str, An
             if key in environ:
                 text = f"{environ[key]},{text}"
             environ[key] = text
+
+
+def websocket_environ(path: str, query: str, headers: Any) -> dict[str, Any]:
+    """The environ of a websocket request taken without ASGI (``RelayEngine.accept_websocket``):
+    what ``translate_request`` makes, less the request's ASGI objects."""
+    environ: dict[str, Any] = {
+        "wsgi.async": True,
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "RAW_URI": f"{path}?{query}" if query else path,
+        "SCRIPT_NAME": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "0",
+        "SERVER_NAME": "asgi",
+        "SERVER_PORT": "0",
+    }
+    _add_headers(environ, headers)
     return environ
 
 
@@ -192,8 +220,18 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
     closing: bool
     closed: bool
 
-    def __init__(self, server: RelayEngine, sid: str) -> None:
-        super().__init__(server, sid)
+    def __init__(self, server: RelayEngine, sid: str, queue: Any = None) -> None:
+        # BaseSocket's, except that a websocket taken without ASGI gets no asyncio.Queue
+        self.server = server
+        self.sid = sid
+        self.queue = server.create_queue() if queue is None else queue
+        self.last_ping = time.time()
+        self.connected = False
+        self.upgrading = False
+        self.upgraded = False
+        self.closing = False
+        self.closed = False
+        self.session: dict[str, Any] = {}
         self.fast: fastws.FastWebSocketProtocol | None = None
         self.ping_seq = 0
         self._fast_candidate: fastws.FastWebSocketProtocol | None = None
@@ -321,6 +359,8 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         if data == "3":  # PONG: the commonest packet of an idle connection, handled inline
             self.schedule_ping()
             return
+        if data is None and self._finish_now():
+            return
         if type(data) is str and data[:1] == "4" and self._handled_now(data):
             return
         self._backlog = collections.deque((data,))
@@ -347,6 +387,34 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
 
     def _on_close(self) -> None:
         self._on_frame(None)
+
+    def _finish_now(self) -> bool:
+        """``_finish`` without awaiting, when the Engine.IO "disconnect" handler has a plain
+        twin (``RelayEngine.disconnect_now``) that can do its job; False, having done nothing,
+        when it cannot (then ``_finish`` runs in a task). Only called with no backlog.
+        """
+        fast = self.fast
+        if fast is None:
+            return False
+        if not self.closed and not self.closing:
+            pair = self.server.disconnect_now
+            if pair is None or self.server.handlers.get("disconnect") is not pair[0]:
+                return False
+            reason = fast.drop_reason or self.server.reason.TRANSPORT_CLOSE
+            self.closing = True  # (as AsyncSocket.close(abort=True) does)
+            try:
+                if not pair[1](self.sid, reason):
+                    self.closing = False
+                    return False
+            except Exception:
+                log.exception("closing %s", self.sid)
+            self.closed = True
+        self.fast = None
+        fast.close()
+        sockets = self.server.sockets
+        if sockets.get(self.sid) is self:
+            del sockets[self.sid]
+        return True
 
     async def _drain(self) -> None:
         """Handle the messages that arrived, in order, then end (a task per burst, not per
@@ -517,6 +585,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
     """python-engineio's ASGI server with :class:`RelaySocket` sessions."""
 
     _async: dict[str, Any]
+    sequence_number: int
 
     def __init__(self, *args: Any, max_buffer: int = 4 * 1024 * 1024, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -525,6 +594,15 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         self._async = {**self._async, "translate_request": translate_request}
         self.pings = PingScheduler(self)
         self._message_now: Any = _UNRESOLVED
+        #: (the coroutine registered with ``on("connect")``, the same as a plain function of
+        #: (sid, environ) that accepts every connection): while that coroutine is the handler,
+        #: ``accept_websocket`` may take a websocket connect without ASGI (relay.sio)
+        self.connect_now: tuple[Callable[..., Any], Callable[[str, dict[str, Any]], None]] | None
+        self.connect_now = None
+        #: (the coroutine registered with ``on("disconnect")``, the same as a plain function of
+        #: (sid, reason) that returns False when it cannot do the job without awaiting): while
+        #: that coroutine is the handler, a websocket that ends runs the plain one (no task)
+        self.disconnect_now: tuple[Callable[..., Any], Callable[[str, Any], bool]] | None = None
 
     def message_now(self) -> Callable[[str, str], bool] | None:
         """The Socket.IO layer's synchronous message handler, if it has one (looked up once:
@@ -532,10 +610,73 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         now = self._message_now
         if now is _UNRESOLVED:
             handler = self.handlers.get("message")
-            now = getattr(getattr(handler, "__self__", None), "handle_message_now", None)
+            layer = getattr(handler, "__self__", None)
+            now = getattr(layer, "handle_packet_now", None) or getattr(
+                layer, "handle_message_now", None
+            )
             if handler is not None:
                 self._message_now = now
         return now  # type: ignore[no-any-return]
+
+    def generate_id(self) -> str:
+        # python-engineio's (12 random bytes and a 3-byte sequence number, base64 with "-"
+        # and "_"), in one call each
+        seq = self.sequence_number
+        self.sequence_number = (seq + 1) & 0xFFFFFF
+        return base64.urlsafe_b64encode(os.urandom(12) + seq.to_bytes(3, "big")).decode()
+
+    def _opened(self, sid: str, upgrades: list[str]) -> dict[str, Any]:
+        """The OPEN packet's data."""
+        return {
+            "sid": sid,
+            "upgrades": upgrades,
+            "pingTimeout": int(self.ping_timeout * 1000),
+            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
+            "maxPayload": self.max_http_buffer_size,
+        }
+
+    def accept_websocket(
+        self, fast: fastws.FastWebSocketProtocol, query: bytes, headers: Any, path: str
+    ) -> bool:
+        """Open an Engine.IO session on a new websocket without ASGI, when that changes nothing
+        a client or handler can see: python-socketio's own "connect" handler (which accepts
+        every session), a plain query (``EIO=4&transport=websocket``, no ``sid``) and no
+        ``Origin`` to check. True: the session is open (the 101 answer and the OPEN packet are
+        written, and the websocket delivers to it); False: nothing was done (go the ASGI way).
+        """
+        pair = self.connect_now
+        if pair is None or self.handlers.get("connect") is not pair[0]:
+            return False
+        if b"%" in query or b"+" in query or "websocket" not in self.transports:
+            return False
+        eio = transport = None
+        for part in query.split(b"&"):
+            name, _, value = part.partition(b"=")
+            if name == b"EIO":
+                eio = eio or value
+            elif name == b"transport":
+                transport = transport or value
+            elif name in (b"sid", b"j"):
+                return False
+        if eio != b"4" or transport != b"websocket":
+            return False
+        if self.cors_allowed_origins not in ("*", []) and any(
+            name == b"origin" for name, _ in headers
+        ):
+            return False  # (python-engineio checks it)
+        environ = websocket_environ(path, query.decode("latin-1"), headers)
+        sid = self.generate_id()
+        sock = RelaySocket(self, sid, _NO_QUEUE)
+        self.sockets[sid] = sock
+        pair[1](sid, environ)
+        sock.connected = True
+        sock.upgraded = True
+        fast.set_limit(self.max_buffer)
+        sock.fast = fast
+        opened = b"0" + orjson.dumps(self._opened(sid, []))
+        fast.accept_detached(fastws.text_frame(opened), sock._on_frame, sock._on_close)
+        sock.schedule_ping()
+        return True
 
     async def _handle_connect(
         self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
@@ -543,13 +684,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         sid = self.generate_id()
         sock = RelaySocket(self, sid)
         self.sockets[sid] = sock
-        opened = {
-            "sid": sid,
-            "upgrades": self._upgrades(sid, transport),
-            "pingTimeout": int(self.ping_timeout * 1000),
-            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
-            "maxPayload": self.max_http_buffer_size,
-        }
+        opened = self._opened(sid, self._upgrades(sid, transport))
         sock.queue.put_nowait(eio_packet.Packet(eio_packet.OPEN, opened))
         accepted = await self._trigger_event("connect", sid, environ, run_async=False)
         if accepted is not None and accepted is not True:

@@ -27,8 +27,10 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr
+from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr, is_ssl
 from websockets.speedups import apply_mask
 
 EXTENSION = "relay.fastws"
@@ -110,6 +112,24 @@ class Flusher:
 
 
 _flushers: dict[asyncio.AbstractEventLoop, Flusher] = {}
+
+#: the attribute by which an ASGI application (or one it wraps, as ``.app``: uvicorn's proxy
+#: headers middleware) may take a websocket before ASGI sees it: a callable of (protocol, path,
+#: raw query, headers) that returns True when it answered with
+#: :meth:`FastWebSocketProtocol.accept_detached` (or refused), False to let ASGI have it
+DIRECT = "accept_websocket"
+
+
+def direct_acceptor(app: Any) -> Callable[..., bool] | None:
+    """``app``'s :data:`DIRECT` acceptor, or that of an application it wraps; or None."""
+    for _ in range(8):
+        hook = getattr(app, DIRECT, None)
+        if hook is not None:
+            return hook  # type: ignore[no-any-return]
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return None
 
 
 def flusher_for(loop: asyncio.AbstractEventLoop) -> Flusher:
@@ -213,9 +233,10 @@ class FastWebSocketProtocol(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_client",
+        "_server",
         "app",
         "app_state",
-        "client",
         "close_sent",
         "close_timer",
         "config",
@@ -237,7 +258,6 @@ class FastWebSocketProtocol(asyncio.Protocol):
         "response",
         "rest",
         "scope",
-        "server",
         "server_state",
         "transport",
         "waiter",
@@ -264,8 +284,9 @@ class FastWebSocketProtocol(asyncio.Protocol):
         self.app_state = app_state
         self.max_size: int = config.ws_max_size
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.client: tuple[str, int] | None = None
-        self.server: tuple[str, int | None] | None = None
+        #: the peer's and our address: looked up when first asked for (see :attr:`client`)
+        self._client: Any = None
+        self._server: Any = None
         self.scope: dict[str, Any] | None = None
         self.inbox: Inbox | None = None
         self.handshake_complete = False
@@ -296,19 +317,32 @@ class FastWebSocketProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (uvicorn's way in; :class:`HttpProtocol` uses :meth:`adopt`, which knows the addresses)
-        self.adopt(transport, get_local_addr(transport), get_remote_addr(transport))  # type: ignore[arg-type]
+        # (uvicorn's way in; :class:`HttpProtocol` uses :meth:`adopt`)
+        self.adopt(transport, UNKNOWN, UNKNOWN)  # type: ignore[arg-type]
 
-    def adopt(
-        self,
-        transport: asyncio.Transport,
-        server: tuple[str, int | None] | None,
-        client: tuple[str, int] | None,
-    ) -> None:
+    def adopt(self, transport: asyncio.Transport, server: Any, client: Any) -> None:
+        """Take ``transport`` over; ``server`` and ``client`` are its addresses, or
+        :data:`UNKNOWN` for one to look up when asked for."""
         self.server_state.connections.add(self)
         self.transport = transport
-        self.server = server
-        self.client = client
+        self._server = server
+        self._client = client
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        """The peer's address (looked up once, when first asked for: logs, an ASGI scope)."""
+        client = self._client
+        if client is UNKNOWN:
+            client = self._client = get_remote_addr(self.transport)
+        return client  # type: ignore[no-any-return]
+
+    @property
+    def server(self) -> tuple[str, int | None] | None:
+        """Our address (looked up once, when first asked for)."""
+        server = self._server
+        if server is UNKNOWN:
+            server = self._server = get_local_addr(self.transport)
+        return server  # type: ignore[no-any-return]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
@@ -398,6 +432,10 @@ class FastWebSocketProtocol(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         root_path = scope.get("root_path", "")
+        self.response = (101, [], accept)
+        direct = direct_acceptor(self.app)
+        if direct is not None and not root_path and direct(self, path, query, headers):
+            return  # taken without ASGI: no scope, no inbox, no task (see accept_detached)
         self.scope = {
             "type": "websocket",
             "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
@@ -414,7 +452,6 @@ class FastWebSocketProtocol(asyncio.Protocol):
             "state": scope.get("state", {}),
             "extensions": {"websocket.http.response": {}, EXTENSION: self},
         }
-        self.response = (101, [], accept)
         inbox = self.inbox = Inbox()
         inbox.put_nowait({"type": "websocket.connect"})
         task = self.loop.create_task(self.run_asgi())
@@ -560,6 +597,29 @@ class FastWebSocketProtocol(asyncio.Protocol):
                 self.transport.close()
         else:
             raise RuntimeError(f"Unexpected ASGI message {kind!r} during the websocket handshake.")
+
+    def accept_detached(
+        self,
+        first: bytes,
+        on_message: Callable[[str | bytes], None],
+        on_close: Callable[[], None],
+    ) -> None:
+        """Complete the handshake without ASGI (a :data:`DIRECT` acceptor, from ``upgrade``):
+        write the 101 answer and ``first`` (a frame) in one piece, then deliver every message
+        to ``on_message`` and the end to ``on_close``, as :meth:`detach` does."""
+        response = self.response
+        assert response is not None and response[0] == 101
+        self.response = None
+        lines = [_SWITCHING, response[2], b"\r\n"]
+        for name, value in self.server_state.default_headers:
+            lines += [name, b": ", value, b"\r\n"]
+        lines += [b"\r\n", first]
+        self.handshake_complete = True
+        self.on_message = on_message
+        self.on_close = on_close
+        self.transport.write(b"".join(lines))
+        if ws_log.isEnabledFor(logging.DEBUG):
+            ws_log.debug("%s - websocket [accepted]", self.client)
 
     def detach(
         self, on_message: Callable[[str | bytes], None], on_close: Callable[[], None]
@@ -833,13 +893,92 @@ def close_frame(code: int, reason: str = "") -> bytes:
     return frame(0x8, code.to_bytes(2, "big") + reason.encode()[:123])
 
 
+#: an address not looked up yet
+UNKNOWN: Any = object()
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools HTTP protocol, handing an upgrade to :class:`FastWebSocketProtocol`.
 
     uvicorn's own upgrade re-serializes the request for the websocket protocol to parse again;
     this hands over what httptools parsed. It also unhooks the parser, which holds the protocol
-    (a reference cycle that would otherwise wait for a full garbage collection).
+    (a reference cycle that would otherwise wait for a full garbage collection), and looks the
+    connection's addresses up only when something asks for them (an HTTP request's scope, a
+    log line): two system calls and a socket object per connection that a websocket taken
+    without ASGI never needs.
     """
+
+    _lazy_server: Any = UNKNOWN
+    _lazy_client: Any = UNKNOWN
+
+    @property
+    def server(self) -> tuple[str, int | None] | None:
+        server = self._lazy_server
+        if server is UNKNOWN:
+            server = self._lazy_server = get_local_addr(self.transport)
+        return server  # type: ignore[no-any-return]
+
+    @server.setter
+    def server(self, value: tuple[str, int | None] | None) -> None:
+        self._lazy_server = value
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        client = self._lazy_client
+        if client is UNKNOWN:
+            client = self._lazy_client = get_remote_addr(self.transport)
+        return client  # type: ignore[no-any-return]
+
+    @client.setter
+    def client(self, value: tuple[str, int] | None) -> None:
+        self._lazy_client = value
+
+    #: this request's ``_should_upgrade`` (uvicorn asks twice per upgrade request)
+    _upgrade_answer: bool | None = None
+
+    def _should_upgrade(self) -> bool:
+        answer = self._upgrade_answer
+        if answer is None:
+            answer = self._upgrade_answer = super()._should_upgrade()
+        return answer
+
+    def on_message_begin(self) -> None:
+        # uvicorn's, with the addresses filled in once the request is not an upgrade
+        self._upgrade_answer = None
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": UNKNOWN,
+            "client": UNKNOWN,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+
+    def on_headers_complete(self) -> None:
+        scope = self.scope
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is scope:  # an HTTP request (its task not begun)
+            scope["server"] = self.server
+            scope["client"] = self.client
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # uvicorn's, with the addresses left to look up (see the class's docstring)
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self._lazy_server = self._lazy_client = UNKNOWN
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            client = self.client
+            prefix = f"{client[0]}:{client[1]} - " if client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
 
     def handle_websocket_upgrade(self) -> None:
         cls = self.ws_protocol_class
@@ -851,7 +990,7 @@ class HttpProtocol(HttpToolsProtocol):
                 config=self.config, server_state=self.server_state, app_state=self.app_state
             )
             transport = self.transport
-            protocol.adopt(transport, self.server, self.client)
+            protocol.adopt(transport, self._lazy_server, self._lazy_client)
             transport.set_protocol(protocol)
             protocol.upgrade(self.scope["method"], self.url, self.headers, self.scope)
         self.parser = None  # type: ignore[assignment]
@@ -859,13 +998,16 @@ class HttpProtocol(HttpToolsProtocol):
 
 
 __all__ = [
+    "DIRECT",
     "EXTENSION",
+    "UNKNOWN",
     "FastWebSocketProtocol",
     "Flusher",
     "HttpProtocol",
     "Inbox",
     "binary_frame",
     "close_frame",
+    "direct_acceptor",
     "flusher_for",
     "frame",
     "queue_frame",

@@ -11,6 +11,7 @@ import socketio
 
 from relay import names
 from relay.auth import Identity, authenticate
+from relay.engine import RelayEngine
 from relay.errors import BadRequest, Internal, RelayError
 from relay.recovery import Session
 from relay.service import Relay, Sender
@@ -169,9 +170,12 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
     goodbyes = {sio.reason.CLIENT_DISCONNECT, sio.reason.SERVER_DISCONNECT}
 
     async def disconnect(sid: str, *args: Any) -> Ack | None:
+        return disconnect_now(sid, args[0] if args else None)
+
+    def disconnect_now(sid: str, reason: Any) -> Ack | None:
+        # (the same, as a plain function: RelaySocketIO runs it without a coroutine)
         if (fake := lifecycle_event_from_client(sid, "disconnect")) is not None:
             return fake
-        reason = args[0] if args else None
         relay.disconnect(sid, recoverable=reason is not None and reason not in goodbyes)
         return None
 
@@ -191,15 +195,29 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
         # python-engineio never wakes a long-poll GET parked on a session its client closed;
         # relay.disconnect does (via the transport), but a session refused at connect has no
         # relay connection, so without this its GET (and the client) hangs until the next ping.
+        _wake_poll(eio_sid, reason)
+
+    def _wake_poll(eio_sid: str, reason: Any) -> None:
         sock = sio.eio.sockets.get(eio_sid)
         if sock is not None and reason == sio.eio.reason.CLIENT_DISCONNECT:
             sock.queue.put_nowait(None)
 
+    def eio_closed_now(eio_sid: str, reason: Any) -> bool:
+        # eio_closed without awaiting, when RelaySocketIO can (see RelayEngine.disconnect_now)
+        if not isinstance(sio, RelaySocketIO) or not sio.handle_eio_disconnect_now(eio_sid, reason):
+            return False
+        _wake_poll(eio_sid, reason)
+        return True
+
     sio.eio.on("disconnect", eio_closed)
+    if isinstance(sio.eio, RelayEngine):
+        sio.eio.disconnect_now = (eio_closed, eio_closed_now)
     if relay.recovery.enabled and isinstance(sio, RelaySocketIO):
         sio.gate = lambda auth: gate(relay, auth)
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
+    if isinstance(sio, RelaySocketIO):
+        sio.disconnect_now = (disconnect, disconnect_now)
     for event, handler in HANDLERS.items():
         sio.on(event, make(event))
         if isinstance(sio, RelaySocketIO):

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 import socketio
+from bidict import ValueDuplicationError, bidict
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
@@ -79,6 +80,34 @@ class RelayManager(socketio.AsyncManager):  # type: ignore[misc]
         self.pending_connect.setdefault(namespace, []).append(sid)
         return sid
 
+    def pre_connect_now(self, eio_sid: str, namespace: str) -> str | None:
+        """``pre_connect`` without awaiting (``AsyncManager``'s only wraps ``BaseManager``'s),
+        and with the two rooms it enters (all its clients, and the sid's own) written
+        directly: None when ``eio_sid`` is connected to ``namespace`` already."""
+        sid: str = self.server.eio.generate_id()
+        ns_rooms = self.rooms.get(namespace)
+        if ns_rooms is None:
+            ns_rooms = self.rooms[namespace] = {}
+        clients = ns_rooms.get(None)
+        if clients is None:
+            clients = ns_rooms[None] = bidict()
+        try:
+            clients[sid] = eio_sid
+        except ValueDuplicationError:
+            return None
+        own = ns_rooms.get(sid)
+        if own is None:
+            ns_rooms[sid] = bidict({sid: eio_sid})
+        else:
+            own[sid] = eio_sid
+        self._entered.setdefault((namespace, sid), set()).update((None, sid))
+        self.pending_connect.setdefault(namespace, []).append(sid)
+        return sid
+
+    def connect_now(self, sid: str, namespace: str) -> None:
+        """``connect`` of a pre-connected ``sid``, without awaiting."""
+        socketio.base_manager.BaseManager.connect(self, sid, namespace)
+
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         rooms = self._entered.pop((namespace, sid), None)
         ns_rooms = self.rooms.get(namespace)
@@ -100,6 +129,8 @@ class RelayManager(socketio.AsyncManager):  # type: ignore[misc]
 class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
     """python-socketio's ASGI server on :class:`relay.engine.RelayEngine`."""
 
+    manager_initialized: bool
+
     #: admits connections on "/" when connection state recovery is on (relay.handlers)
     gate: Callable[[Any], Admission] | None = None
 
@@ -109,6 +140,21 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         #: the sid and the event's arguments (a list), they return the ack's one argument, a
         #: JSON-able dict. They take precedence over ``on()``'s handlers.
         self.fast_handlers: dict[str, FastHandler] = {}
+        #: (the coroutine registered with ``on("disconnect")`` on "/", the same as a plain
+        #: function of (sid, reason)): while that coroutine is the handler, a disconnect runs
+        #: the plain one, with no task or coroutine (relay.handlers)
+        self.disconnect_now: tuple[Callable[..., Any], Callable[[str, Any], Any]] | None = None
+        eio = self.eio
+        if isinstance(eio, RelayEngine):
+            # python-socketio's Engine.IO "connect" handler, and the same without awaiting
+            eio.connect_now = (eio.handlers.get("connect"), self._eio_connect_now)
+
+    def _eio_connect_now(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        """``_handle_eio_connect`` (a new Engine.IO session), without awaiting."""
+        if not self.manager_initialized:
+            self.manager_initialized = True
+            self.manager.initialize()
+        self.environ[eio_sid] = environ
 
     def _engineio_server_class(self) -> type[RelayEngine]:
         return RelayEngine
@@ -184,6 +230,105 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             if parsed is not None:
                 return self._run_fast(eio_sid, parsed[0], parsed[1])
         return False
+
+    def handle_packet_now(self, eio_sid: str, data: Any) -> bool:
+        """:meth:`handle_message_now`, plus CONNECT and DISCONNECT on "/" when they need no
+        await (relay's gate and disconnect handler, on relay's websocket path): what
+        :class:`relay.engine.RelayEngine` calls for a websocket's messages."""
+        if type(data) is str:
+            if data == "1":  # DISCONNECT from "/": the client leaves on purpose
+                return self._disconnect_now(eio_sid, self.reason.CLIENT_DISCONNECT)
+            if data[:1] == "0" and (len(data) == 1 or data[1] == "{"):  # CONNECT to "/"
+                return self._connect_now(eio_sid, data)
+        return self.handle_message_now(eio_sid, data)
+
+    # -- connecting without awaiting -----------------------------------------------------------
+
+    def _connect_now(self, eio_sid: str, data: str) -> bool:
+        """``_handle_connect`` on "/" with a gate, without awaiting, on relay's websocket path;
+        False, having done nothing, when it cannot (no gate, not a RelayManager, ...)."""
+        gate = self.gate
+        manager = self.manager
+        if gate is None or not isinstance(manager, RelayManager):
+            return False
+        sock = self.eio.sockets.get(eio_sid)
+        if not isinstance(sock, RelaySocket) or sock.fast is None:
+            return False
+        if len(data) > 1:
+            try:
+                auth = orjson.loads(data[1:])
+            except orjson.JSONDecodeError:
+                return False  # (python-socketio's way says what is wrong)
+        else:
+            auth = None
+        fast = sock.fast
+        try:
+            admission = gate(auth)
+        except socketio.exceptions.ConnectionRefusedError as exc:
+            fast.write_frame(fastws.text_frame(b"44" + orjson.dumps(exc.error_args)))
+            return True
+        sid = None
+        if admission.sid is not None:
+            sid = manager.pre_connect_as(admission.sid, eio_sid, "/")
+        if sid is None:
+            sid = manager.pre_connect_now(eio_sid, "/")
+        if sid is None:  # this Engine.IO session is already connected to "/"
+            fast.write_frame(fastws.text_frame(b'44"Unable to connect"'))
+            return True
+        answer = admission.before_connect(sid, eio_sid)
+        reply = fastws.text_frame(b"40" + orjson.dumps(answer))
+        if fast.pending is None and not fast.paused and fast.open:
+            fast.transport.write(reply)  # (nothing queued before it: no flush to wait for)
+        else:
+            fast.write_frame(reply)
+        manager.connect_now(sid, "/")
+        admission.after_connect()
+        return True
+
+    # -- disconnecting without awaiting --------------------------------------------------------
+
+    def _plain_disconnect(self) -> Callable[[str, Any], Any] | None:
+        """The plain twin of the "disconnect" handler on "/", while that one is registered."""
+        pair = self.disconnect_now
+        if pair is None or not isinstance(self.manager, RelayManager):
+            return None
+        if self.handlers.get("/", {}).get("disconnect") is not pair[0]:
+            return None
+        return pair[1]
+
+    def _disconnect_now(self, eio_sid: str, reason: Any) -> bool:
+        """python-socketio's ``_handle_disconnect`` on "/", without awaiting (see
+        ``disconnect_now``); False, having done nothing, when it needs the awaiting way."""
+        handler = self._plain_disconnect()
+        if handler is None:
+            return False
+        manager = self.manager
+        sid = manager.sid_from_eio_sid(eio_sid, "/")
+        if not manager.is_connected(sid, "/"):
+            return True  # python-socketio ignores it too
+        manager.pre_disconnect(sid, namespace="/")
+        self._binary_packet.pop(eio_sid, None)
+        try:
+            handler(sid, reason)
+        finally:
+            manager.basic_disconnect(sid, "/", ignore_queue=True)
+        return True
+
+    def handle_eio_disconnect_now(self, eio_sid: str, reason: Any) -> bool:
+        """``_handle_eio_disconnect`` (the Engine.IO session ended) without awaiting, when the
+        session is connected to no namespace but "/" and relay's handler is a plain function;
+        False, having done nothing, otherwise (then await the Engine.IO "disconnect" handler).
+        """
+        manager = self.manager
+        for namespace in manager.get_namespaces():
+            if namespace != "/" and manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+                return False
+        if reason == self.reason.CLIENT_DISCONNECT:  # (see _handle_eio_disconnect)
+            reason = self.reason.TRANSPORT_CLOSE
+        if not self._disconnect_now(eio_sid, reason):
+            return False
+        self.environ.pop(eio_sid, None)
+        return True
 
     def _run_fast(self, eio_sid: str, ack_id: int | None, args: list[Any]) -> bool:
         """An event with a fast handler, run and acked without awaiting; False for others.
