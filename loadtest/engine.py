@@ -420,11 +420,12 @@ class Swarm:
         threading.Thread(target=self._read_pipe, args=(loop,), daemon=True).start()
         publishing: asyncio.Task[None] | None = None
         try:
+            # progress (how many are open) flows while connecting too: the live view shows it
+            self._tasks.add(loop.create_task(self._ticker()))
             self.send("connected", await self.connect_all())
             # Thousands of long-lived client objects: keep the collector from rescanning them.
             gc.collect()
             gc.freeze()
-            self._tasks.add(loop.create_task(self._ticker()))
 
             while True:
                 kind, body = await self.commands.get()

@@ -281,7 +281,17 @@ class Orchestrator:
         budget = self.scn.connect_timeout + 30
         if self.scn.connect_rate:
             budget += self.scn.clients / self.scn.connect_rate
-        self.wait_until(lambda: len(self.connected) + len(self.byes) >= n, budget)
+        done = self.wait_until(lambda: len(self.connected) + len(self.byes) >= n, budget)
+        if not done and not self.interrupted:
+            # a worker still connecting (or joining) when the budget ran out: say so, with how
+            # far the server got, instead of reporting its clients as never having connected
+            raise RunError(
+                f"the connect phase did not finish within {budget:.0f} s: "
+                f"{len(self.connected)} of {n} workers done, {self.open_connections()} "
+                "connections open. The server accepts or joins too slowly for this many "
+                "clients (a join in a big room also fans out presence events): use fewer "
+                "--clients, more --rooms, or a lower --connect-rate"
+            )
         clients = [c for body in self.connected.values() for c in body["clients"]]
         errors: dict[str, int] = {}
         for body in self.connected.values():
