@@ -112,24 +112,11 @@ async def translate_request(scope: Any, receive: Any, send: Any) -> dict[str, An
     if raw:
         with contextlib.suppress(UnicodeDecodeError):
             query_string = raw.decode("utf-8")
-    environ: dict[str, Any] = {
-        "wsgi.input": _Body(event, receive),
-        "wsgi.async": True,
-        "REQUEST_METHOD": scope.get("method", "GET"),
-        "PATH_INFO": path,
-        "QUERY_STRING": query_string,
-        "RAW_URI": f"{path}?{query_string}" if query_string else path,
-        "SCRIPT_NAME": "",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "REMOTE_PORT": "0",
-        "SERVER_NAME": "asgi",
-        "SERVER_PORT": "0",
-        "asgi.receive": receive,
-        "asgi.send": send,
-        "asgi.scope": scope,
-    }
-    _add_headers(environ, scope["headers"])
+    environ = _environ(scope.get("method", "GET"), path, query_string, scope["headers"])
+    environ["wsgi.input"] = _Body(event, receive)
+    environ["asgi.receive"] = receive
+    environ["asgi.send"] = send
+    environ["asgi.scope"] = scope
     return environ
 
 
@@ -155,9 +142,15 @@ def _add_headers(environ: dict[str, Any], headers: Any) -> None:
 def websocket_environ(path: str, query: str, headers: Any) -> dict[str, Any]:
     """The environ of a websocket request taken without ASGI (``RelayEngine.accept_websocket``):
     what ``translate_request`` makes, less the request's ASGI objects."""
+    return _environ("GET", path, query, headers)
+
+
+def _environ(method: str, path: str, query: str, headers: Any) -> dict[str, Any]:
+    """The WSGI-style environ python-engineio reads, without the request's body or ASGI
+    objects."""
     environ: dict[str, Any] = {
         "wsgi.async": True,
-        "REQUEST_METHOD": "GET",
+        "REQUEST_METHOD": method,
         "PATH_INFO": path,
         "QUERY_STRING": query,
         "RAW_URI": f"{path}?{query}" if query else path,

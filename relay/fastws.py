@@ -331,18 +331,12 @@ class FastWebSocketProtocol(asyncio.Protocol):
     @property
     def client(self) -> tuple[str, int] | None:
         """The peer's address (looked up once, when first asked for: logs, an ASGI scope)."""
-        client = self._client
-        if client is UNKNOWN:
-            client = self._client = get_remote_addr(self.transport)
-        return client  # type: ignore[no-any-return]
+        return _address(self, "_client", get_remote_addr)  # type: ignore[no-any-return]
 
     @property
     def server(self) -> tuple[str, int | None] | None:
         """Our address (looked up once, when first asked for)."""
-        server = self._server
-        if server is UNKNOWN:
-            server = self._server = get_local_addr(self.transport)
-        return server  # type: ignore[no-any-return]
+        return _address(self, "_server", get_local_addr)  # type: ignore[no-any-return]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
@@ -897,6 +891,15 @@ def close_frame(code: int, reason: str = "") -> bytes:
 UNKNOWN: Any = object()
 
 
+def _address(proto: Any, attr: str, lookup: Callable[[Any], Any]) -> Any:
+    """``proto``'s address kept in ``attr``, looked up from its transport the first time."""
+    value = getattr(proto, attr)
+    if value is UNKNOWN:
+        value = lookup(proto.transport)
+        setattr(proto, attr, value)
+    return value
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools HTTP protocol, handing an upgrade to :class:`FastWebSocketProtocol`.
 
@@ -913,10 +916,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     @property
     def server(self) -> tuple[str, int | None] | None:
-        server = self._lazy_server
-        if server is UNKNOWN:
-            server = self._lazy_server = get_local_addr(self.transport)
-        return server  # type: ignore[no-any-return]
+        return _address(self, "_lazy_server", get_local_addr)  # type: ignore[no-any-return]
 
     @server.setter
     def server(self, value: tuple[str, int | None] | None) -> None:
@@ -924,10 +924,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     @property
     def client(self) -> tuple[str, int] | None:
-        client = self._lazy_client
-        if client is UNKNOWN:
-            client = self._lazy_client = get_remote_addr(self.transport)
-        return client  # type: ignore[no-any-return]
+        return _address(self, "_lazy_client", get_remote_addr)  # type: ignore[no-any-return]
 
     @client.setter
     def client(self, value: tuple[str, int] | None) -> None:
