@@ -401,7 +401,7 @@ def _parse_event(data: str) -> tuple[int | None, list[Any]] | None:
     if i < 0:
         return None
     digits = data[1:i]
-    if digits and not digits.isdigit():
+    if digits and not (digits.isascii() and digits.isdigit()):  # ("²" is a digit to isdigit)
         return None
     try:
         args = orjson.loads(data[i:])

@@ -235,6 +235,7 @@ async def test_handle_message_now_takes_only_what_it_can_finish() -> None:
         '2["direct",{"to"',  # not JSON
         "2[]",
         "2[1]",
+        '2²["direct",{"to":"x","data":1}]',  # a digit to str.isdigit, not an ack id
     ):
         assert now("eio-1", data) is False, data
     assert now("no-such-session", '21["direct",{"to":"x","data":1}]') is False
