@@ -28,6 +28,7 @@ from loadtest.protocol import DELIVERY_PREFIX, ProtocolError
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_FRAME = 16 * 1024 * 1024
+CLOSE_WAIT = 5.0  # seconds a closing client waits for the server's end of the handshake
 _rand = random.Random()
 #: Linux only; elsewhere ACKs stay as the kernel sends them
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
@@ -185,6 +186,8 @@ class _WSProtocol(asyncio.Protocol):
         self.buf = b""
         self.upgraded = False
         self.sock: Any = None
+        #: set by :meth:`WSClient.close`: done once the transport has flushed and closed
+        self.gone: asyncio.Future[None] | None = None
         self.fragments: list[bytes] | None = None
         self.key = base64.b64encode(_rand.getrandbits(128).to_bytes(16, "big"))
         self.request = (
@@ -225,6 +228,9 @@ class _WSProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
             self.opened.set_exception(ConnectError(f"connection closed during upgrade: {exc}"))
+        self.transport = None
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
         self.client.lost()
 
     # -- the general path -----------------------------------------------------------------
@@ -407,12 +413,22 @@ class WSClient(Client):
         await self._await_sid(started, timeout)
 
     async def close(self) -> None:
+        """Leave: Socket.IO DISCONNECT, a close frame, then the rest of the closing handshake
+        (the server's close frame, answered in :meth:`_WSProtocol._frame`, ends the TCP
+        connection), within :data:`CLOSE_WAIT` seconds. Closing the socket at once would make
+        the kernel answer with a reset whenever a frame was still unread (a presence event,
+        say), and a reset can destroy the goodbye before the server reads it: the server
+        would then hold a dropped connection for recovery instead of a client that left."""
         p = self.proto
         self.closed = True
         if p is not None and p.transport is not None:
+            p.gone = gone = asyncio.get_running_loop().create_future()
             p.send_frame(0x1, b"41")
             p.send_frame(0x8, (1000).to_bytes(2, "big"))
-            p._abort("")
+            try:
+                await asyncio.wait_for(gone, CLOSE_WAIT)
+            except TimeoutError:
+                p._abort("")
 
 
 def _client_ssl() -> ssl.SSLContext:

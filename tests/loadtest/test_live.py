@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -65,3 +66,20 @@ def test_two_workers_merge_histograms_exactly(live_relay: Any) -> None:
     assert raw["latency"].get_total_count() == report["received"]
     assert raw["connect"]["connect_hist"].get_total_count() == 40
     assert sum(p.latency.get_total_count() for p in raw["phases"]) == report["received"]
+
+
+def test_clients_leave_instead_of_dropping(live_relay: Any) -> None:
+    """When a run ends, every swarm client says goodbye (Socket.IO DISCONNECT) before its
+    worker exits: the relay holds none of them for connection state recovery."""
+    import httpx
+
+    r = run(live_relay.url, clients=300, rooms=3, rate=30, duration=0.5, workers=2)
+    assert r["connected"] == 300
+    deadline = time.monotonic() + 20
+    while True:
+        health = httpx.get(f"{live_relay.url}/healthz", timeout=5).json()
+        if health["connections"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert health["connections"] == 0
+    assert health["recoverable"] == 0
