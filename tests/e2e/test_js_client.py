@@ -42,8 +42,11 @@ def node() -> str:
     return exe
 
 
-def run_scenario(node: str, url: str, transport: str, scenario: str) -> dict[str, Any]:
-    cmd = [node, str(SCENARIO), url, transport, scenario]
+def run_scenario(
+    node: str, url: str, transport: str, scenario: str, script: Path = SCENARIO
+) -> dict[str, Any]:
+    """``node SCRIPT URL TRANSPORT SCENARIO``: the JSON result its last line prints."""
+    cmd = [node, str(script), url, transport, scenario]
     try:
         proc = subprocess.run(cmd, cwd=JS_DIR, capture_output=True, text=True, timeout=45)
     except subprocess.TimeoutExpired as exc:

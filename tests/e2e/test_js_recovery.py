@@ -7,28 +7,23 @@ prints what it saw; the assertions live here.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from typing import Any
 
 import pytest
 
 from tests.conftest import LiveRelay
-from tests.e2e.test_js_client import JS_DIR, TRANSPORTS, node  # noqa: F401  (the fixture)
+from tests.e2e.test_js_client import (  # noqa: F401  (node: the fixture)
+    JS_DIR,
+    TRANSPORTS,
+    node,
+    run_scenario,
+)
 
 SCRIPT = JS_DIR / "recovery.mjs"
 
 
 def run(node: str, url: str, transport: str, scenario: str) -> dict[str, Any]:  # noqa: F811
-    cmd = [node, str(SCRIPT), url, transport, scenario]
-    try:
-        proc = subprocess.run(cmd, cwd=JS_DIR, capture_output=True, text=True, timeout=45)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(cmd[1:])} did not finish in 45 s:\n{exc.stderr!r}")
-    if proc.returncode != 0:
-        pytest.fail(f"{scenario} over {transport} failed ({proc.returncode}):\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return run_scenario(node, url, transport, scenario, script=SCRIPT)
 
 
 MISSED = [

@@ -10,6 +10,8 @@
 
 import { io } from "socket.io-client";
 
+import { Expected, runScenario } from "./harness.mjs";
+
 const WAIT_MS = 8000;
 const TOTAL_MS = 25000;
 
@@ -17,8 +19,6 @@ const [url, transport, scenarioName] = process.argv.slice(2);
 const sockets = [];
 const clients = [];
 const RUN = Math.random().toString(36).slice(2, 10);
-
-class Expected extends Error {}
 
 function fail(message) {
   process.stderr.write(`recovery ${scenarioName} (${transport}) failed: ${message}\n`);
@@ -200,22 +200,7 @@ const SCENARIOS = {
 
 async function main() {
   if (transport !== "websocket" && transport !== "polling") fail("transport: websocket|polling");
-  const scenario = SCENARIOS[scenarioName];
-  if (!scenario) fail(`unknown scenario; expected one of ${Object.keys(SCENARIOS).join(", ")}`);
-  const overall = setTimeout(() => fail(`still running after ${TOTAL_MS} ms`), TOTAL_MS);
-  let result;
-  try {
-    result = await scenario();
-  } catch (err) {
-    fail(err instanceof Expected ? err.message : (err?.stack ?? String(err)));
-  }
-  clearTimeout(overall);
-  process.stdout.write(`${JSON.stringify(result)}\n`);
-  for (const s of sockets) s.disconnect();
-  setTimeout(() => {
-    process.stderr.write("note: a connection was still open 2 s after disconnect()\n");
-    process.exit(0);
-  }, 2000).unref();
+  await runScenario(SCENARIOS, scenarioName, { fail, sockets, totalMs: TOTAL_MS });
 }
 
 main();

@@ -11,6 +11,8 @@
 
 import { io } from "socket.io-client";
 
+import { Expected, runScenario } from "./harness.mjs";
+
 const WAIT_MS = 8000;
 const TOTAL_MS = 25000;
 
@@ -18,9 +20,6 @@ const [url, transportArg, scenarioName] = process.argv.slice(2);
 const sockets = [];
 // Names unique to this run, so connections another run left behind never count here.
 const RUN = Math.random().toString(36).slice(2, 10);
-
-/** A scenario's own failure (something did not arrive): its message says it all. */
-class Expected extends Error {}
 
 function fail(message) {
   process.stderr.write(`scenario ${scenarioName} (${transportArg}) failed: ${message}\n`);
@@ -381,24 +380,7 @@ async function main() {
   if (!url || !transportArg || !scenarioName) {
     fail("usage: node scenario.mjs URL websocket|polling|default SCENARIO");
   }
-  const scenario = SCENARIOS[scenarioName];
-  if (!scenario) fail(`unknown scenario; expected one of ${Object.keys(SCENARIOS).join(", ")}`);
-  const overall = setTimeout(() => fail(`still running after ${TOTAL_MS} ms`), TOTAL_MS);
-  let result;
-  try {
-    result = await scenario();
-  } catch (err) {
-    fail(err instanceof Expected ? err.message : (err?.stack ?? String(err)));
-  }
-  clearTimeout(overall);
-  process.stdout.write(`${JSON.stringify(result)}\n`);
-  // Say goodbye properly (a polling client's goodbye is an HTTP request still to be made),
-  // then let the process end by itself; the unref'd timer only bounds a straggler.
-  for (const s of sockets) s.disconnect();
-  setTimeout(() => {
-    process.stderr.write("note: a connection was still open 2 s after disconnect()\n");
-    process.exit(0);
-  }, 2000).unref();
+  await runScenario(SCENARIOS, scenarioName, { fail, sockets, totalMs: TOTAL_MS });
 }
 
 main();
