@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 DEFAULT_KIT = (ROOT.parent / "shared" / "bench").resolve()
-SCENARIOS = ("broadcast", "ramp", "unicast", "idle", "connect")
+SCENARIOS = ("broadcast", "ramp", "unicast", "idle", "connect", "connect-own")
 
 
 def free_port() -> int:
@@ -155,6 +155,31 @@ def run_node_script(
             os.unlink(path)
 
 
+def run_own_connect(a: argparse.Namespace, url: str) -> dict[str, Any]:
+    """The connect storm from relay's own generator (``relay loadtest``: raw clients, one worker
+    process per core): connect times without socket.io-client's own cost in them. One room per
+    client, so the joins that follow each connect fan nothing out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "cli.main", "loadtest", "--url", url,
+               "--clients", str(a.connect_count), "--rooms", str(a.connect_count),
+               "--connect-rate", str(a.connect_rate), "--rate", "10", "--duration", "1",
+               "--drain", "1", "--report", str(report)]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=600)
+        if not report.exists():
+            print("    (exit", proc.returncode, ")", proc.stderr.strip()[-500:], flush=True)
+            return {}
+        r = json.loads(report.read_text())
+    con = r.get("connect_ms") or {}
+    out = {"mode": "connect-own", "connected": r.get("connected"),
+           "connect_errors": r.get("connect_errors"), "p50_ms": con.get("p50"),
+           "p99_ms": con.get("p99"), "max_ms": con.get("max")}  # fmt: skip
+    print(f"    [connect-own] {out['connected']}/{a.connect_count} at {a.connect_rate}/s, "
+          f"errors {out['connect_errors']}, p50 {out['p50_ms']} p99 {out['p99_ms']} "
+          f"max {out['max_ms']} ms", flush=True)  # fmt: skip
+    return out
+
+
 # -- scenarios -----------------------------------------------------------------------------------
 
 Row = tuple[str, Callable[[dict[str, Any]], float | None], str]  # label, extract, format
@@ -165,6 +190,11 @@ def _cpu_us_per_delivery(r: dict[str, Any]) -> float | None:
     if pct is None or not rate:
         return None
     return float(pct) / 100 * 1e6 / float(rate)
+
+
+def _loop_delay_max(r: dict[str, Any]) -> float | None:
+    value = r.get("client_loop_delay_max_ms")
+    return None if value is None else float(value)
 
 
 def _idle_top(r: dict[str, Any]) -> dict[str, Any]:
@@ -201,11 +231,20 @@ ROWS: dict[str, list[Row]] = {
         ("connect storm p99 (ms)", lambda r: r.get("p99_ms"), "{:.1f}"),
         ("connect storm errors", lambda r: r.get("connect_errors"), "{:.0f}"),
         ("connect storm CPU (s)", lambda r: r.get("server_cpu_s"), "{:.2f}"),
+        ("connect storm: Node client CPU (%)", lambda r: r.get("client_cpu_pct"), "{:.0f}"),
+        ("connect storm: Node client loop delay max (ms)", _loop_delay_max, "{:.1f}"),
+    ],
+    "connect-own": [
+        ("connect storm, relay's generator: p50 (ms)", lambda r: r.get("p50_ms"), "{:.1f}"),
+        ("connect storm, relay's generator: p99 (ms)", lambda r: r.get("p99_ms"), "{:.1f}"),
+        ("connect storm, relay's generator: errors", lambda r: r.get("connect_errors"), "{:.0f}"),
     ],
 }
 
 
-def scenario_args(name: str, a: argparse.Namespace, url: str, pid: int) -> tuple[Path, list[str]]:
+def scenario_args(
+    name: str, a: argparse.Namespace, url: str, pid: int, warm_url: str = ""
+) -> tuple[Path, list[str]]:
     common = ["--url", url, "--server-pid", str(pid), "--label", name]
     loadgen = a.kit / "loadgen.js"
     if name == "broadcast":
@@ -223,7 +262,9 @@ def scenario_args(name: str, a: argparse.Namespace, url: str, pid: int) -> tuple
                          "--hold", str(a.idle_hold)]  # fmt: skip
     if name == "connect":
         return HERE / "connect_storm.js", [*common, "--count", str(a.connect_count),
-                                           "--rate", str(a.connect_rate)]  # fmt: skip
+                                           "--rate", str(a.connect_rate),
+                                           "--warmup", str(a.connect_warmup),
+                                           "--warmup-url", warm_url]  # fmt: skip
     raise ValueError(name)
 
 
@@ -270,6 +311,13 @@ def main() -> int:
     p.add_argument("--idle-hold", type=float, default=5)
     p.add_argument("--connect-count", type=int, default=10000)
     p.add_argument("--connect-rate", type=int, default=1000)
+    p.add_argument(
+        "--connect-warmup",
+        type=int,
+        default=2000,
+        help="connects the Node client makes first, unmeasured, to a scratch server of the same"
+        " kind (a cold node process is slow for its first ~2,000; 0 = none)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario and server")
     p.add_argument("--json", type=Path, help="append every raw result here")
     p.add_argument("--relay-env", action="append", default=[], metavar="KEY=VALUE")
@@ -287,9 +335,16 @@ def main() -> int:
         for _ in range(a.repeat):
             for kind in servers:
                 print(f"== {name} on {kind}", flush=True)
-                with serving(kind, a, node_modules) as server:
-                    script, args = scenario_args(name, a, server.url, server.pid)
-                    r = run_node_script(script, args, node_modules, timeout=600)
+                with contextlib.ExitStack() as stack:
+                    server = stack.enter_context(serving(kind, a, node_modules))
+                    if name == "connect-own":
+                        r = run_own_connect(a, server.url)
+                    else:
+                        warm = ""
+                        if name == "connect" and a.connect_warmup > 0:
+                            warm = stack.enter_context(serving(kind, a, node_modules)).url
+                        script, args = scenario_args(name, a, server.url, server.pid, warm)
+                        r = run_node_script(script, args, node_modules, timeout=600)
                 r["server"] = kind
                 results.setdefault(name, {}).setdefault(kind, []).append(r)
                 if a.json:
