@@ -192,6 +192,15 @@ def _cpu_us_per_delivery(r: dict[str, Any]) -> float | None:
     return float(pct) / 100 * 1e6 / float(rate)
 
 
+def _generator_rows(name: str) -> list[Row]:
+    """The kit generator's own CPU and its worst publish-timer stall: a latency percentile
+    near that stall is the generator's, not the server's."""
+    return [
+        (f"{name}: generator CPU (%)", lambda r: r.get("loadgen_cpu_pct"), "{:.0f}"),
+        (f"{name}: generator timer lag max (ms)", lambda r: r.get("timer_max_lag_ms"), "{:.0f}"),
+    ]
+
+
 def _loop_delay_max(r: dict[str, Any]) -> float | None:
     value = r.get("client_loop_delay_max_ms")
     return None if value is None else float(value)
@@ -208,6 +217,7 @@ ROWS: dict[str, list[Row]] = {
         ("broadcast p99 (ms)", lambda r: r.get("p99_ms"), "{:.1f}"),
         ("broadcast lost", lambda r: r.get("lost"), "{:.0f}"),
         ("broadcast CPU / delivery (µs)", _cpu_us_per_delivery, "{:.1f}"),
+        *_generator_rows("broadcast"),
     ],
     "ramp": [
         (
@@ -220,6 +230,7 @@ ROWS: dict[str, list[Row]] = {
         ("unicast p99 (ms)", lambda r: r.get("p99_ms"), "{:.1f}"),
         ("unicast lost", lambda r: r.get("lost"), "{:.0f}"),
         ("unicast CPU / message (µs)", _cpu_us_per_delivery, "{:.1f}"),
+        *_generator_rows("unicast"),
     ],
     "idle": [
         ("idle KB / connection", lambda r: _idle_top(r).get("kb_per_conn"), "{:.1f}"),
