@@ -507,12 +507,15 @@ class PingScheduler:
     A connection is pinged ``ping_interval`` after it opened or answered the last ping; one that
     has not answered ``ping_timeout`` after a ping is closed (reason ``ping timeout``). Buckets
     are a second wide (a quarter of the shorter interval when that is under four seconds).
+    They hold session ids, not sessions: a session that ends is freed at once, not when its
+    next heartbeat falls due (up to ``ping_interval`` later, for every connection of a close
+    storm).
     """
 
     def __init__(self, server: RelayEngine) -> None:
         self.server = server
         self.tick = max(0.01, min(1.0, min(server.ping_interval, server.ping_timeout) / 4))
-        self._due: defaultdict[int, list[tuple[RelaySocket, int]]] = defaultdict(list)
+        self._due: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
         self._next = 0
 
@@ -520,7 +523,7 @@ class PingScheduler:
         return int((time.monotonic() + delay) / self.tick) + 1
 
     def _at(self, delay: float, sock: RelaySocket, seq: int) -> None:
-        self._due[self._slot(delay)].append((sock, seq))
+        self._due[self._slot(delay)].append((sock.sid, seq))
         if self._task is None or self._task.done():
             self._next = self._slot(0) - 1
             self._task = asyncio.get_running_loop().create_task(self._run(), name="relay-pings")
@@ -545,11 +548,13 @@ class PingScheduler:
                 if batch:
                     await self._fire(batch)
 
-    async def _fire(self, batch: list[tuple[RelaySocket, int]]) -> None:
+    async def _fire(self, batch: list[tuple[str, int]]) -> None:
         ping = eio_packet.Packet(eio_packet.PING)
         now = time.time()
-        for sock, seq in batch:
-            if sock.closing or sock.closed:
+        sockets = self.server.sockets
+        for sid, seq in batch:
+            sock = sockets.get(sid)
+            if sock is None or sock.closing or sock.closed:
                 continue
             if seq == 0:  # time to ping
                 sock.ping_seq += 1

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import os
+import weakref
 from typing import Any
 
 import socketio
@@ -179,6 +181,26 @@ async def test_many_connects_and_closes_leave_nothing_behind(live_relay: LiveRel
         await wait_for(lambda: not engine._readers)
         await asyncio.gather(*(c.disconnect() for c in clients))
         await wait_for(lambda: _per_connection_state(live_relay) == empty)
+
+
+async def test_a_session_that_ends_is_freed_at_once(live_relay: LiveRelay) -> None:
+    """Nothing keeps an ended session alive (the heartbeat scheduler held every one until its
+    next ping fell due, 25 s later), and freeing it needs no garbage collection: no cycles."""
+    sockets = live_relay.app.state.sio.eio.sockets
+    gc.disable()  # (the test process's collector; the server thread shares it)
+    try:
+        for transport in ("websocket", "polling"):
+            before = set(sockets)
+            client = socketio.AsyncClient(reconnection=False)
+            await client.connect(live_relay.url, transports=[transport])
+            assert (await client.call("join", {"room": "freed"}))["ok"] is True
+            (eio_sid,) = set(sockets) - before
+            ref = weakref.ref(sockets[eio_sid])
+            await client.disconnect()
+            await wait_for(lambda sid=eio_sid: sid not in sockets)
+            await wait_for(lambda ref=ref: ref() is None)
+    finally:
+        gc.enable()
 
 
 async def test_raw_disconnects_are_cleaned_up_too(live_relay: LiveRelay) -> None:
