@@ -11,6 +11,10 @@ and the flush. The rest of the issue-3 figure is the kernel's (one read, two wri
 
     python benchmarks/unicast_path.py                  # 3 x 50,000 messages
     python benchmarks/unicast_path.py --profile        # the same under cProfile, top 25
+
+CPU time on a shared VM varies ±30% from run to run; it also prints the Python bytecodes and
+function calls per message, counted with a tracer, which do not vary at all: compare those
+when changing the path.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import cProfile
 import gc
 import os
 import pstats
+import sys
 import time
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -88,6 +94,50 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(n)
 
 
+async def count_ops(feed: Any, frames: list[bytes], n: int = 200) -> tuple[float, float]:
+    """Bytecodes and Python calls per message, over ``n`` messages (and their flushes)."""
+    counts = {"opcode": 0, "call": 0}
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "call":
+            counts["call"] += 1
+            frame.f_trace_opcodes = True
+        elif event == "opcode":
+            counts["opcode"] += 1
+            if BY_FUNCTION is not None:
+                code = frame.f_code
+                key = f"{code.co_filename.rsplit('/', 2)[-1]}:{code.co_name}"
+                BY_FUNCTION[key] = BY_FUNCTION.get(key, 0) + 1
+        return tracer
+
+    loop = asyncio.get_running_loop()
+    for i in range(n):
+        sys.settrace(tracer)
+        try:
+            feed(frames[i % len(frames)])
+        finally:
+            sys.settrace(None)
+        await asyncio.sleep(0)  # (the flush runs as a loop callback: traced below)
+    flusher = _flusher(loop)
+    for i in range(n):
+        feed(frames[i % len(frames)])
+        sys.settrace(tracer)
+        try:
+            flusher.flush()
+        finally:
+            sys.settrace(None)
+    return counts["opcode"] / n, counts["call"] / n
+
+
+BY_FUNCTION: dict[str, int] | None = None
+
+
+def _flusher(loop: asyncio.AbstractEventLoop) -> Any:
+    from relay import fastws
+
+    return fastws.flusher_for(loop)
+
+
 async def main(a: argparse.Namespace) -> None:
     settings = Settings(port=0, host="127.0.0.1", log_level="warning")
     config = uvicorn_config(settings)
@@ -134,6 +184,7 @@ async def main(a: argparse.Namespace) -> None:
         return time.process_time() - t
 
     await run(5000)
+    ops, calls = await count_ops(proto_a.data_received, frames)
     prof = cProfile.Profile() if a.profile else None
     results = []
     for _ in range(a.repeat):
@@ -148,6 +199,10 @@ async def main(a: argparse.Namespace) -> None:
     assert sinks[1].writes >= expected, (sinks[1].writes, expected)  # every delivery written
     assert sinks[0].writes >= expected, (sinks[0].writes, expected)  # every ack written
     median = sorted(results)[len(results) // 2]
+    print(f"per message: {ops:.0f} Python bytecodes in {calls:.0f} Python function calls")
+    if BY_FUNCTION is not None:
+        for key, n in sorted(BY_FUNCTION.items(), key=lambda kv: -kv[1]):
+            print(f"  {n / 200:7.1f}  {key}")
     print(
         f"relay's own CPU per unicast message (no kernel): median {median:.1f} µs"
         f" (runs: {' / '.join(f'{r:.1f}' for r in results)}; {a.messages} messages per run,"
@@ -169,4 +224,8 @@ if __name__ == "__main__":
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--payload", type=int, default=20)
     p.add_argument("--profile", action="store_true")
-    uvloop.run(main(p.parse_args()))
+    p.add_argument("--by-function", action="store_true", help="bytecodes per message, by function")
+    args = p.parse_args()
+    if args.by_function:
+        BY_FUNCTION = {}
+    uvloop.run(main(args))
