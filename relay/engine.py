@@ -366,8 +366,11 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         the default namespace: see ``RelaySocketIO.handle_message_now``), handled here: no task,
         no coroutine. Only called with no backlog, so a connection's messages keep their order.
         """
-        now = self.server.message_now()
-        if now is None or len(data) > self.server.max_http_buffer_size:
+        server = self.server
+        now = server._message_now
+        if now is _UNRESOLVED:
+            now = server.message_now()
+        if now is None or len(data) > server.max_http_buffer_size:
             return False
         try:
             return bool(now(self.sid, data[1:]))
