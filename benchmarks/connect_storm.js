@@ -52,17 +52,20 @@ if (A.worker) {
   const measure = () => storm(A.count, A.rate, (r, close) => {
     process.send(r, () => { process.once('message', () => { close(); setTimeout(() => process.exit(0), 300); }); });
   });
+  // Warmed up (or not), say so and start when the parent says go: every worker together, and
+  // the server's CPU counted from then on.
+  const ready = () => { process.once('message', measure); process.send('ready'); };
   // A fresh node process runs its first thousand connects slowly (its JIT is cold), and that
   // would be charged to the server; --warmup opens and closes that many first, unmeasured.
-  if (A.warmup > 0) storm(A.warmup, A.rate, (r, close) => { close(); setTimeout(measure, 500); }, A['warmup-url'] || A.url);
-  else measure();
+  if (A.warmup > 0) storm(A.warmup, A.rate, (r, close) => { close(); setTimeout(ready, 500); }, A['warmup-url'] || A.url);
+  else ready();
 } else {
   const pid = Number(A['server-pid']) || 0;
   const ticks = () => {
     if (!pid) return NaN;
     try { const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return +f[11] + +f[12]; } catch { return NaN; }
   };
-  const procs = Math.max(1, Math.floor(A.procs)); const ticks0 = ticks(); const t0 = performance.now();
+  const procs = Math.max(1, Math.floor(A.procs)); let ticks0 = NaN; let t0 = 0; let ready = 0;
   const parts = []; const workers = [];
   const finish = () => {
     const wall = (performance.now() - t0) / 1000;
@@ -94,7 +97,13 @@ if (A.worker) {
                   '--max-time', String(A['max-time'])];
     const w = fork(__filename, args, { env: process.env });
     workers.push(w);
-    w.once('message', (r) => { parts.push(r); if (parts.length === procs) finish(); });
+    w.on('message', (r) => {
+      if (r === 'ready') {
+        if (++ready === procs) { ticks0 = ticks(); t0 = performance.now(); for (const x of workers) x.send('go'); }
+        return;
+      }
+      parts.push(r); if (parts.length === procs) finish();
+    });
     w.once('exit', (code) => { if (code && parts.length < procs) { console.error(`worker exited ${code}`); process.exit(1); } });
   }
 }
