@@ -60,14 +60,7 @@ def frame(opcode: int, payload: bytes) -> bytes:
 
 
 def text_frame(text: str | bytes) -> bytes:
-    """:func:`frame` of a text message (written out: one per delivery and per ack)."""
-    payload = text.encode() if isinstance(text, str) else text
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return _U16.pack(0x81, 126, n) + payload
-    return _U64.pack(0x81, 127, n) + payload
+    return frame(0x1, text.encode() if isinstance(text, str) else text)
 
 
 def binary_frame(data: bytes) -> bytes:
@@ -667,8 +660,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
             self.rest = b""
         elif data[:1] == b"\x81" and self.fragments is None and self.on_message is not None:
             # the commonest read, alone: exactly one whole, final, masked text frame under
-            # 64 KiB, no message in fragments, nothing left over (a third of the bytecodes of
-            # the general loop below, which takes everything else)
+            # 64 KiB, no message in fragments, nothing left over (93 bytecodes where the
+            # general loop below, which takes everything else, runs 155)
             n = len(data)
             b1 = data[1] if n > 1 else 0
             if 0x80 < b1 < 0xFE:
@@ -840,14 +833,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
         if self.close_sent or self.disconnected:
             return False
         flusher = self.flusher
-        queued = self.pending  # (queue_frame, written out)
-        if queued is None:
-            self.pending = data
-            flusher.dirty.append(self)
-        elif queued.__class__ is list:
-            queued.append(data)
-        else:
-            self.pending = [queued, data]
+        queue_frame(self, data, flusher)
         if not flusher.scheduled:
             flusher.schedule()
         return True
