@@ -12,7 +12,7 @@ from pathlib import Path
 
 import socketio
 
-from tests.conftest import RelayProcess, start_relay_process, wait_for
+from tests.conftest import RelayProcess, masked_frame, start_relay_process, wait_for
 
 MAX_BUFFER = 256 * 1024
 PAYLOAD = "x" * 16_000
@@ -24,15 +24,6 @@ def _rss_kb(pid: int) -> int:
     m = re.search(r"VmRSS:\s+(\d+)", status)
     assert m is not None
     return int(m.group(1))
-
-
-def _masked_text(text: str) -> bytes:
-    """A client-to-server text frame (clients must mask)."""
-    data = text.encode()
-    mask = os.urandom(4)
-    assert len(data) < 126
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-    return bytes((0x81, 0x80 | len(data))) + mask + body
 
 
 def _stalled_client(port: int, room: str) -> socket.socket:
@@ -55,8 +46,8 @@ def _stalled_client(port: int, room: str) -> socket.socket:
         assert chunk, "server closed during the handshake"
         head += chunk
     assert head.startswith(b"HTTP/1.1 101"), head
-    sock.sendall(_masked_text("40"))  # Socket.IO CONNECT to "/"
-    sock.sendall(_masked_text('421["join",{"room":"' + room + '"}]'))
+    sock.sendall(masked_frame(0x1, b"40"))  # Socket.IO CONNECT to "/"
+    sock.sendall(masked_frame(0x1, ('421["join",{"room":"' + room + '"}]').encode()))
     return sock
 
 

@@ -23,8 +23,8 @@ import socketio
 from relay import engine, fastws
 from relay.app import create_app
 from relay.settings import Settings
-from tests.conftest import LiveRelay, serve_in_thread, wait_for
-from tests.relay.test_lifecycle import _http_answer, _masked, _read_frame
+from tests.conftest import LiveRelay, masked_frame, serve_in_thread, wait_for
+from tests.relay.test_lifecycle import _http_answer, _read_frame
 
 ROOM = "fast-paths"
 
@@ -99,14 +99,14 @@ async def _leave_over_websocket(live: LiveRelay, joined: Any) -> tuple[str, str]
     """A websocket client (on the wire, as socket.io-client does it) that joins ``ROOM``
     and then leaves on purpose: DISCONNECT ("41"), then the close frame."""
     reader, writer, opened = await _raw_connect(live.port)
-    writer.write(_masked(0x1, b"40"))
+    writer.write(masked_frame(0x1, b"40"))
     _, answer = await _read_frame(reader)
     sid = orjson.loads(answer[2:])["sid"]
-    writer.write(_masked(0x1, b'421["join",{"room":"%s"}]' % ROOM.encode()))
+    writer.write(masked_frame(0x1, b'421["join",{"room":"%s"}]' % ROOM.encode()))
     _, ack = await _read_frame(reader)
     assert ack.startswith(b'431[{"ok":true')
     await joined(sid)
-    writer.write(_masked(0x1, b"41") + _masked(0x8, (1000).to_bytes(2, "big")))
+    writer.write(masked_frame(0x1, b"41") + masked_frame(0x8, (1000).to_bytes(2, "big")))
     opcode, _ = await _read_frame(reader)
     assert opcode == 0x8
     assert await reader.read() == b""
@@ -184,18 +184,18 @@ async def test_a_websocket_lost_without_a_goodbye_is_recoverable(
         reader, writer, opened = await _raw_connect(live_relay.port)
         assert opened["upgrades"] == [] and opened["pingInterval"] > 0
         eio_sid = opened["sid"]
-        writer.write(_masked(0x1, b"40"))
+        writer.write(masked_frame(0x1, b"40"))
         _, answer = await _read_frame(reader)
         assert answer[:2] == b"40"
         connected = orjson.loads(answer[2:])
         sid = connected["sid"]
         assert "pid" in connected  # connection state recovery is on
-        writer.write(_masked(0x1, b'421["join",{"room":"%s"}]' % ROOM.encode()))
+        writer.write(masked_frame(0x1, b'421["join",{"room":"%s"}]' % ROOM.encode()))
         _, ack = await _read_frame(reader)
         assert ack.startswith(b'431[{"ok":true')
         await _next_presence(presence, sid, "join")
         if goodbye == "close frame":
-            writer.write(_masked(0x8, (1000).to_bytes(2, "big")))
+            writer.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
             opcode, _ = await _read_frame(reader)
             assert opcode == 0x8
         else:
@@ -213,10 +213,10 @@ async def test_a_websocket_lost_without_a_goodbye_is_recoverable(
 async def test_a_second_connect_on_one_session_is_refused(live_relay: LiveRelay) -> None:
     reader, writer, _ = await _raw_connect(live_relay.port)
     try:
-        writer.write(_masked(0x1, b"40"))
+        writer.write(masked_frame(0x1, b"40"))
         _, answer = await _read_frame(reader)
         assert answer[:2] == b"40"
-        writer.write(_masked(0x1, b"40"))
+        writer.write(masked_frame(0x1, b"40"))
         _, again = await _read_frame(reader)
         assert again == b'44"Unable to connect"'  # as python-socketio answers
     finally:

@@ -9,28 +9,15 @@ the same messages, and the same close code for the same fault.
 from __future__ import annotations
 
 import asyncio
-import os
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from relay.fastws import FastWebSocketProtocol
+from tests.conftest import masked_frame
 
 MAX_SIZE = 1000
-
-
-def _masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    mask = os.urandom(4)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class _Transport:
@@ -94,8 +81,8 @@ HOW = ("whole", "bytewise", "joined")
 @pytest.mark.parametrize("how", HOW)
 async def test_every_length_class_and_kind_arrives_the_same(how: str) -> None:
     texts = ["40", "", "é" * 62 + "x", "x" * 125, "y" * 126, "ü" * 400]  # 7-bit, 16-bit
-    frames = [_masked(0x1, t.encode()) for t in texts] + [_masked(0x2, b"\x00\xff")]
-    frames.append(_masked(0x1, b"fra", fin=False) + _masked(0x0, b"gment"))
+    frames = [masked_frame(0x1, t.encode()) for t in texts] + [masked_frame(0x2, b"\x00\xff")]
+    frames.append(masked_frame(0x1, b"fra", fin=False) + masked_frame(0x0, b"gment"))
     got, code = _feed(frames, how)
     assert got == [*texts, b"\x00\xff", "fragment"]
     assert code is None
@@ -104,10 +91,10 @@ async def test_every_length_class_and_kind_arrives_the_same(how: str) -> None:
 @pytest.mark.parametrize("how", HOW)
 async def test_the_same_fault_gets_the_same_close_code(how: str) -> None:
     cases = [
-        ([_masked(0x1, b"\xff\xfe")], 1007),  # not UTF-8
-        ([_masked(0x1, b"z" * (MAX_SIZE + 1))], 1009),  # over the size limit, 16-bit length
+        ([masked_frame(0x1, b"\xff\xfe")], 1007),  # not UTF-8
+        ([masked_frame(0x1, b"z" * (MAX_SIZE + 1))], 1009),  # over the size limit, 16-bit length
         ([b"\x81\x02" + b"40"], 1002),  # unmasked
-        ([_masked(0x1, b"ok"), _masked(0x1, b"\xc3")], 1007),  # after a good one
+        ([masked_frame(0x1, b"ok"), masked_frame(0x1, b"\xc3")], 1007),  # after a good one
     ]
     for frames, expected in cases:
         got, code = _feed(frames, how)

@@ -17,7 +17,7 @@ from typing import Any
 import socketio
 
 from relay import engine, fastws
-from tests.conftest import LiveRelay, wait_for
+from tests.conftest import LiveRelay, masked_frame, wait_for
 
 PATH = "/socket.io/?EIO=4&transport=websocket"
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -37,17 +37,6 @@ def _request(
     if version is not None:
         lines.append("Sec-WebSocket-Version: " + version.decode())
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def _masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    mask = os.urandom(4)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    else:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -115,14 +104,14 @@ async def test_raw_frames_fragments_ping_and_close(live_relay: LiveRelay) -> Non
     reader, writer = await _open(live_relay.port)
     try:
         # the Socket.IO CONNECT "40" in two fragments, with a ping between them
-        writer.write(_masked(0x1, b"4", fin=False))
-        writer.write(_masked(0x9, b"hi"))
-        writer.write(_masked(0x0, b"0"))
+        writer.write(masked_frame(0x1, b"4", fin=False))
+        writer.write(masked_frame(0x9, b"hi"))
+        writer.write(masked_frame(0x0, b"0"))
         assert await _read_frame(reader) == (0xA, b"hi")
         opcode, payload = await _read_frame(reader)
         assert opcode == 0x1 and payload.startswith(b'40{"sid"')
         # the client closes: the server answers with the same code, then the socket ends
-        writer.write(_masked(0x8, (1000).to_bytes(2, "big")))
+        writer.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
         opcode, payload = await _read_frame(reader)
         assert opcode == 0x8 and payload[:2] == (1000).to_bytes(2, "big")
         assert await reader.read() == b""
@@ -133,9 +122,9 @@ async def test_raw_frames_fragments_ping_and_close(live_relay: LiveRelay) -> Non
 async def test_protocol_errors_close_with_their_code(live_relay: LiveRelay) -> None:
     cases: list[tuple[bytes, int]] = [
         (b"\x81\x02" + b"40", 1002),  # unmasked client frame
-        (_masked(0x1, b"\xff\xfe"), 1007),  # text that is not UTF-8
-        (bytes([0xC1]) + _masked(0x1, b"x")[1:], 1002),  # a reserved bit (no extensions)
-        (_masked(0x0, b"x"), 1002),  # a continuation with nothing to continue
+        (masked_frame(0x1, b"\xff\xfe"), 1007),  # text that is not UTF-8
+        (bytes([0xC1]) + masked_frame(0x1, b"x")[1:], 1002),  # a reserved bit (no extensions)
+        (masked_frame(0x0, b"x"), 1002),  # a continuation with nothing to continue
     ]
     for data, code in cases:
         reader, writer = await _open(live_relay.port)
@@ -208,7 +197,7 @@ async def test_raw_disconnects_are_cleaned_up_too(live_relay: LiveRelay) -> None
     writers = []
     for _ in range(10):
         reader, writer = await _open(live_relay.port)
-        writer.write(_masked(0x1, b"40"))
+        writer.write(masked_frame(0x1, b"40"))
         _, payload = await _read_frame(reader)
         assert payload.startswith(b'40{"sid"')
         writers.append(writer)
