@@ -212,7 +212,9 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
     sio.eio.on("disconnect", eio_closed)
     if isinstance(sio.eio, RelayEngine):
         sio.eio.disconnect_now = (eio_closed, eio_closed_now)
-    if relay.recovery.enabled and isinstance(sio, RelaySocketIO):
+    if isinstance(sio, RelaySocketIO):
+        # (with recovery off too: then it never finds a session to hand back, and the CONNECT
+        # still needs no task on relay's websocket path)
         sio.gate = lambda auth: gate(relay, auth)
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)

@@ -22,6 +22,7 @@ import socketio
 
 from relay import engine, fastws
 from relay.app import create_app
+from relay.auth import issue_token
 from relay.settings import Settings
 from tests.conftest import LiveRelay, masked_frame, serve_in_thread, wait_for
 from tests.relay.test_lifecycle import _http_answer, _read_frame
@@ -336,3 +337,39 @@ async def test_pre_connect_now_leaves_the_manager_as_pre_connect_does() -> None:
     await slow.connect(sid_slow, "/")
     assert state(fast, sid_fast) == state(slow, sid_slow)
     assert fast.is_connected(sid_fast, "/") and slow.is_connected(sid_slow, "/")
+
+
+@pytest.fixture
+def relay_without_recovery() -> Iterator[LiveRelay]:
+    with serve_in_thread(Settings(recovery_ttl=0, secret="s3cret")) as live:
+        yield live
+
+
+async def test_connects_take_the_direct_path_with_recovery_off_too(
+    relay_without_recovery: LiveRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CONNECT gate serves with recovery off as well (it has no session to hand back): no
+    task, the answer without a ``pid``, and a bad token still refused with its error."""
+    live = relay_without_recovery
+    calls = Calls(monkeypatch)
+    token = issue_token("s3cret", user="ann", ttl_s=60)
+    reader, writer, _ = await _raw_connect(live.port)
+    try:
+        writer.write(masked_frame(0x1, b"40" + orjson.dumps({"token": token})))
+        _, answer = await _read_frame(reader)
+        assert answer[:2] == b"40"
+        connected = orjson.loads(answer[2:])
+        assert set(connected) == {"sid"}  # no recovery, so no pid
+        assert live.relay.registry.get(connected["sid"]).user == "ann"
+        assert calls.counts["drain"] == 0  # handled straight from the frame
+    finally:
+        writer.transport.abort()
+    reader, writer, _ = await _raw_connect(live.port)
+    try:
+        writer.write(masked_frame(0x1, b'40{"token":"forged"}'))
+        _, refused = await _read_frame(reader)
+        assert refused[:2] == b"44"
+        assert orjson.loads(refused[2:])["data"]["code"] == "unauthorized"
+        assert calls.counts["drain"] == 0
+    finally:
+        writer.transport.abort()
