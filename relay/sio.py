@@ -237,11 +237,8 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         :class:`relay.engine.RelayEngine` calls for a websocket's messages."""
         if type(data) is str:
             kind = data[:1]
-            if kind == "2":  # an EVENT, the commonest by far: handle_message_now, written out
-                if eio_sid in self._binary_packet:
-                    return False
-                parsed = _parse_event(data)
-                return parsed is not None and self._run_fast(eio_sid, parsed[0], parsed[1])
+            if kind == "2":  # an EVENT, the commonest by far
+                return self.handle_message_now(eio_sid, data)
             if data == "1":  # DISCONNECT from "/": the client leaves on purpose
                 return self._disconnect_now(eio_sid, self.reason.CLIENT_DISCONNECT)
             if kind == "0" and (len(data) == 1 or data[1] == "{"):  # CONNECT to "/"
