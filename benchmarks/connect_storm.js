@@ -4,14 +4,17 @@
 // and what the clients themselves cost: their CPU and their event-loop delay. A socket.io-client
 // process opening 1,000 sockets/s uses most of a core, and then its own event-loop delay lands in
 // the measured connect times; --procs spreads the clients over that many processes (each opens
-// count/procs at rate/procs) so the figure is the server's, not the generator's.
+// count/procs at rate/procs) so the figure is the server's, not the generator's. --warmup N first
+// opens and closes N clients (against --warmup-url, by default the same server), unmeasured.
+// STORM_TRACE=FILE writes each measured connect's [start ms, latency ms] there (FILE.<worker>
+// with --procs over 1): where in the storm the slow ones fall.
 // Uses socket.io-client from BENCH_NODE_MODULES (the peer kit's install), like the kit's loadgen.
 const fs = require('fs');
 const { fork } = require('child_process');
 const { performance, monitorEventLoopDelay } = require('perf_hooks');
 if (process.env.BENCH_NODE_MODULES) module.paths.push(process.env.BENCH_NODE_MODULES);
 
-const A = { url: 'http://127.0.0.1:8000', count: 10000, rate: 1000, 'server-pid': '', json: '', label: '', 'max-time': 120, procs: 1, worker: 0, warmup: 0, 'warmup-url': '' };
+const A = { url: 'http://127.0.0.1:8000', count: 10000, rate: 1000, 'server-pid': '', json: '', label: '', 'max-time': 120, procs: 1, worker: 0, index: 0, warmup: 0, 'warmup-url': '' };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i += 2) {
   const k = argv[i].replace(/^--/, '');
@@ -21,7 +24,7 @@ for (let i = 0; i < argv.length; i += 2) {
 setTimeout(() => { console.error('hard time limit hit'); process.exit(3); }, A['max-time'] * 1000).unref();
 
 // One process's share: open `count` sockets at `rate`/s, then report latencies, errors, own cost.
-function storm(count, rate, done, url = A.url) {
+function storm(count, rate, done, url = A.url, tracePath = '') {
   const { io } = require('socket.io-client');
   const trace = []; const lat = []; const sockets = []; let errors = 0; let lastError = ''; let started = 0; let settled = 0;
   const t0 = performance.now(); const cpu0 = process.cpuUsage();
@@ -30,7 +33,7 @@ function storm(count, rate, done, url = A.url) {
     const t = performance.now();
     const s = io(url, { transports: ['websocket'], forceNew: true, reconnection: false, timeout: 20000 });
     sockets.push(s);
-    s.once('connect', () => { lat.push(performance.now() - t); if (process.env.STORM_TRACE) trace.push([Math.round(t - t0), Math.round(performance.now() - t)]); settled++; });
+    s.once('connect', () => { lat.push(performance.now() - t); if (tracePath) trace.push([Math.round(t - t0), Math.round(performance.now() - t)]); settled++; });
     s.once('connect_error', (e) => { errors++; lastError = String(e.message || e); settled++; });
   }
   const timer = setInterval(() => {
@@ -41,7 +44,7 @@ function storm(count, rate, done, url = A.url) {
   const check = setInterval(() => {
     if (settled < count) return;
     clearInterval(check);
-    loop.disable(); if (process.env.STORM_TRACE) fs.writeFileSync(process.env.STORM_TRACE, JSON.stringify({ t0: Date.now() - (performance.now() - t0), trace }));
+    loop.disable(); if (tracePath) fs.writeFileSync(tracePath, JSON.stringify({ t0: Date.now() - (performance.now() - t0), trace }));
     const wall = (performance.now() - t0) / 1000; const c = process.cpuUsage(cpu0);
     done({ lat, errors, lastError, wall, cpu_s: (c.user + c.system) / 1e6,
            loop_p99_ms: loop.percentile(99) / 1e6, loop_max_ms: loop.max / 1e6 }, () => { for (const s of sockets) s.close(); });
@@ -49,9 +52,10 @@ function storm(count, rate, done, url = A.url) {
 }
 
 if (A.worker) {
+  const tracePath = process.env.STORM_TRACE ? process.env.STORM_TRACE + (A.procs > 1 ? `.${A.index}` : '') : '';
   const measure = () => storm(A.count, A.rate, (r, close) => {
     process.send(r, () => { process.once('message', () => { close(); setTimeout(() => process.exit(0), 300); }); });
-  });
+  }, A.url, tracePath);
   // Warmed up (or not), say so and start when the parent says go: every worker together, and
   // the server's CPU counted from then on.
   const ready = () => { process.once('message', measure); process.send('ready'); };
@@ -93,7 +97,7 @@ if (A.worker) {
   };
   for (let i = 0; i < procs; i++) {
     const share = Math.floor(A.count / procs) + (i < A.count % procs ? 1 : 0);
-    const args = ['--url', A.url, '--count', String(share), '--rate', String(A.rate / procs), '--worker', '1', '--warmup', String(Math.ceil(A.warmup / procs)), '--warmup-url', A['warmup-url'],
+    const args = ['--url', A.url, '--count', String(share), '--rate', String(A.rate / procs), '--worker', '1', '--index', String(i), '--procs', String(procs), '--warmup', String(Math.ceil(A.warmup / procs)), '--warmup-url', A['warmup-url'],
                   '--max-time', String(A['max-time'])];
     const w = fork(__filename, args, { env: process.env });
     workers.push(w);
