@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import socketio
@@ -119,3 +120,31 @@ def test_manager_disconnect_walks_only_the_clients_rooms() -> None:
         manager.basic_disconnect(f"s{i}", "/")
     assert manager.rooms == {}
     assert manager._entered == {}
+
+
+def test_manager_disconnect_leaves_the_rooms_python_socketio_would() -> None:
+    # RelayManager writes BaseManager.basic_leave_room out for speed: against python-socketio's
+    # own disconnect, over random rooms and orders (nobody else may enter a sid's own room)
+    rng = random.Random(7)
+    for _ in range(200):
+        ours, theirs = RelayManager(), socketio.AsyncManager()
+        ours.rooms, theirs.rooms = {}, {}
+        sids = [f"s{i}" for i in range(6)]
+        for manager in (ours, theirs):
+            for sid in sids:
+                manager.basic_enter_room(sid, "/", None, eio_sid="e" + sid)
+                manager.basic_enter_room(sid, "/", sid, eio_sid="e" + sid)
+        for _ in range(rng.randrange(12)):
+            sid, room = rng.choice(sids), rng.choice("abc")
+            for manager in (ours, theirs):
+                manager.basic_enter_room(sid, "/", room)
+        for sid in rng.sample(sids, rng.randrange(1, len(sids) + 1)):
+            ours.basic_disconnect(sid, "/")
+            socketio.base_manager.BaseManager.basic_disconnect(theirs, sid, "/")
+
+            def plain(rooms: dict[str, Any]) -> dict[str, Any]:
+                return {ns: {r: dict(m) for r, m in by.items()} for ns, by in rooms.items()}
+
+            assert plain(ours.rooms) == plain(theirs.rooms)
+            for room_sids in ours.rooms.get("/", {}).values():  # the inverse maps too
+                assert dict(room_sids.inverse) == {e: s for s, e in room_sids.items()}
