@@ -402,7 +402,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             await self.eio.send(eio_sid, text)
 
 
-def _leave(ns_rooms: dict[Any, bidict], room: Any, sid: str) -> None:
+def _leave(ns_rooms: dict[Any, bidict[str, str]], room: Any, sid: str) -> None:
     """``sid`` leaves ``room`` of a namespace's rooms, and an emptied room goes."""
     room_sids = ns_rooms.get(room)
     if room_sids is None:
