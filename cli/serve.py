@@ -28,7 +28,7 @@ def serve(
         int | None, typer.Option(help="Messages kept per room [env: RELAY_HISTORY_SIZE].")
     ] = None,
 ) -> None:
-    """Run relay (in-memory unless REDIS_URL is set) until Ctrl-C or SIGTERM."""
+    """Run relay (in-memory, one process) until Ctrl-C or SIGTERM."""
     from relay.server import run
 
     try:

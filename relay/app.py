@@ -181,6 +181,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         log.info("relay %s ready (in-memory)", __version__)
+        if settings.redis_url:
+            # (a Heroku Redis add-on sets REDIS_URL for every dyno: refusing to start would
+            # take down a one-dyno app that merely has one attached)
+            log.warning(
+                "REDIS_URL is set, but this relay does not fan out through Redis yet: each"
+                " process is a separate relay, so run exactly one"
+            )
         try:
             yield
         finally:

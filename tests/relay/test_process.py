@@ -84,3 +84,16 @@ def test_invalid_settings_exit_non_zero_with_one_line() -> None:
     assert "RELAY_HISTORY_SIZE='abc'" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert "Uvicorn running" not in result.stdout + result.stderr
+
+
+def test_redis_url_is_not_silently_ignored() -> None:
+    # relay has no Redis fan-out yet: with REDIS_URL set (as a Redis add-on sets it), it still
+    # starts, and says at startup that each process is a relay of its own
+    for url, warned in (("redis://127.0.0.1:1/0", True), ("", False)):
+        rp = start_relay_process({"REDIS_URL": url})
+        try:
+            said = "".join(rp.lines)
+            assert "ready (in-memory)" in said
+            assert ("REDIS_URL is set" in said) is warned, said
+        finally:
+            assert rp.stop() == 0
