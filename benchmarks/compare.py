@@ -10,6 +10,7 @@ with ratios (relay / node). Absolute numbers drift on shared machines: compare t
     python benchmarks/compare.py --only idle --idle-counts 2000,5000
     python benchmarks/compare.py --servers relay --relay-env RELAY_MAX_BUFFER=1MiB
     python benchmarks/compare.py --servers before,relay,node --before-dir /tmp/relay-before
+    python benchmarks/compare.py --servers relay,pgo --python pgo=/tmp/venv/bin/python
 
 The kit lives in ../shared/bench (``--kit``); its node_modules come from ``BENCH_NODE_MODULES``
 or, failing that, an ``npm ci`` of the kit's lock file into a temporary directory.
@@ -102,11 +103,13 @@ def _start(
     raise RuntimeError(f"{name} did not start:\n" + "".join(lines))
 
 
-def start_relay(extra_env: dict[str, str], cwd: Path = ROOT, name: str = "relay") -> Server:
+def start_relay(
+    extra_env: dict[str, str], cwd: Path = ROOT, name: str = "relay", python: str = sys.executable
+) -> Server:
     port = free_port()
     env = {**os.environ, "PORT": str(port), "RELAY_HOST": "127.0.0.1", **extra_env}
     env["PYTHONPATH"] = str(cwd)  # that checkout's relay, not the installed one
-    cmd = [sys.executable, "-m", "cli.main", "serve"]
+    cmd = [python, "-m", "cli.main", "serve"]
     return _start(name, cmd, env, re.compile(r"running on https?://[^:]+:(\d+)"), port, cwd)
 
 
@@ -287,6 +290,8 @@ def serving(kind: str, a: argparse.Namespace, node_modules: Path) -> Iterator[Se
         if a.before_dir is None:
             raise SystemExit("--servers before needs --before-dir")
         server = start_relay(a.relay_env, a.before_dir, "before")
+    elif kind in a.python:
+        server = start_relay(a.relay_env, ROOT, kind, a.python[kind])
     else:
         server = start_node(a.kit, node_modules)
     try:
@@ -310,6 +315,14 @@ def main() -> int:
         help="relay,node[,before] (run order); 'before' is relay from --before-dir",
     )
     p.add_argument("--before-dir", type=Path, help="another relay checkout, e.g. `git archive`d")
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a server NAME for --servers: this checkout's relay run by the interpreter at PATH"
+        " (another build of Python, with relay's dependencies installed)",
+    )
     p.add_argument("--kit", type=Path, default=DEFAULT_KIT)
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--rooms", type=int, default=10)
@@ -338,7 +351,11 @@ def main() -> int:
     for s in only:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
+    a.python = dict(kv.split("=", 1) for kv in a.python)
     servers = [s.strip() for s in a.servers.split(",") if s.strip()]
+    for s in servers:
+        if s not in ("relay", "node", "before", *a.python):
+            p.error(f"unknown server {s!r}; choose from relay, node, before, or a --python NAME")
     node_modules = ensure_node_modules(a.kit)
 
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
