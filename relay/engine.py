@@ -120,23 +120,34 @@ async def translate_request(scope: Any, receive: Any, send: Any) -> dict[str, An
     return environ
 
 
+#: header name -> its environ key, for the names seen first (every connect has the same few)
+_ENVIRON_KEYS: dict[bytes, str] = {}
+_ENVIRON_KEYS_MAX = 256
+
+
+def _environ_key(name: bytes) -> str:
+    key = name.upper().decode("utf-8")
+    if key in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+        return key.replace("-", "_")
+    return "HTTP_" + key.replace("-", "_")
+
+
 def _add_headers(environ: dict[str, Any], headers: Any) -> None:
     """A request's headers as WSGI environ entries (``HTTP_*``, ``CONTENT_*``)."""
+    keys = _ENVIRON_KEYS
     for name, value in headers:
+        key = keys.get(name)
         try:
-            key = name.upper().decode("utf-8")
+            if key is None:
+                key = _environ_key(name)
+                if len(keys) < _ENVIRON_KEYS_MAX:
+                    keys[name] = key
             text = value.decode("utf-8")
         except UnicodeDecodeError:
             continue
-        if key == "CONTENT-TYPE":
-            environ["CONTENT_TYPE"] = text
-        elif key == "CONTENT-LENGTH":
-            environ["CONTENT_LENGTH"] = text
-        else:
-            key = "HTTP_" + key.replace("-", "_")
-            if key in environ:
-                text = f"{environ[key]},{text}"
-            environ[key] = text
+        if key in environ and key[0] == "H":  # a repeated HTTP_* header: joined, as WSGI does
+            text = f"{environ[key]},{text}"
+        environ[key] = text
 
 
 def websocket_environ(path: str, query: str, headers: Any) -> dict[str, Any]:

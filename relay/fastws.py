@@ -427,7 +427,10 @@ class FastWebSocketProtocol(asyncio.Protocol):
             path = unquote(path)
         root_path = scope.get("root_path", "")
         self.response = (101, [], accept)
-        direct = direct_acceptor(self.app)
+        config = self.config
+        direct = getattr(config, "relay_acceptor", UNKNOWN)  # (looked up once per server)
+        if direct is UNKNOWN:
+            direct = config.relay_acceptor = direct_acceptor(self.app)
         if direct is not None and not root_path and direct(self, path, query, headers):
             return  # taken without ASGI: no scope, no inbox, no task (see accept_detached)
         self.scope = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import socketio
@@ -148,3 +149,72 @@ def test_manager_disconnect_leaves_the_rooms_python_socketio_would() -> None:
             assert plain(ours.rooms) == plain(theirs.rooms)
             for room_sids in ours.rooms.get("/", {}).values():  # the inverse maps too
                 assert dict(room_sids.inverse) == {e: s for s, e in room_sids.items()}
+
+
+async def test_websocket_environ_headers_as_python_engineio_translates_them() -> None:
+    # relay builds a websocket's environ itself (names cached per header): the same HTTP_* and
+    # CONTENT_* entries as python-engineio's translate_request, repeats joined, bad bytes skipped
+    from engineio.async_drivers.asgi import translate_request
+
+    from relay import engine
+    from relay.engine import websocket_environ
+
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"upgrade", b"websocket"),
+        (b"x-forwarded-for", b"10.0.0.1"),
+        (b"X-Forwarded-For", b"10.0.0.2"),  # another case: a name of its own in the cache
+        (b"x-forwarded-for", b"10.0.0.3"),
+        (b"content-type", b"text/plain"),
+        (b"content-type", b"application/json"),  # (overwrites, never joins)
+        (b"content-length", b"0"),
+        (b"x-latin", b"caf\xe9"),  # not UTF-8: skipped
+        (b"x-\xff", b"skipped too"),
+        (b"cookie", b"a=1"),
+    ]
+    for _ in range(2):  # the second time from the cache
+        ours = websocket_environ("/socket.io/", "EIO=4&transport=websocket", headers)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "websocket.connect"}
+
+        scope = {"path": "/socket.io/", "query_string": b"", "headers": headers}
+        theirs = await translate_request(scope, receive, None)
+        wanted = {k: v for k, v in theirs.items() if k.startswith(("HTTP_", "CONTENT_"))}
+        assert {k: v for k, v in ours.items() if k.startswith(("HTTP_", "CONTENT_"))} == wanted
+        assert ours["HTTP_X_FORWARDED_FOR"] == "10.0.0.1,10.0.0.2,10.0.0.3"
+    # a client inventing header names cannot grow the cache; the names past it still translate
+    many = [(b"x-made-up-%d" % i, b"v") for i in range(2 * engine._ENVIRON_KEYS_MAX)]
+    environ = websocket_environ("/socket.io/", "", many)
+    assert len(engine._ENVIRON_KEYS) <= engine._ENVIRON_KEYS_MAX
+    assert environ[f"HTTP_X_MADE_UP_{2 * engine._ENVIRON_KEYS_MAX - 1}"] == "v"
+
+
+def test_pre_connect_refuses_a_connected_engineio_session_as_bidict_would() -> None:
+    # pre_connect_now writes bidict's two dicts itself: the rooms and inverse maps it leaves
+    # are bidict's, and a second CONNECT of one Engine.IO session is refused, changing nothing
+    from socketio.base_manager import BaseManager
+
+    manager = RelayManager()
+    manager.rooms = {}
+    manager.server = SimpleNamespace(eio=SimpleNamespace(generate_id=_ids()))
+    reference = BaseManager()
+    reference.rooms = {}
+    for eio_sid in ("e1", "e2"):
+        sid = manager.pre_connect_now(eio_sid, "/")
+        assert sid is not None
+        reference.basic_enter_room(sid, "/", None, eio_sid=eio_sid)
+        reference.basic_enter_room(sid, "/", sid, eio_sid=eio_sid)
+    before = {r: dict(m) for r, m in manager.rooms["/"].items()}
+    assert manager.pre_connect_now("e1", "/") is None
+    assert {r: dict(m) for r, m in manager.rooms["/"].items()} == before
+    for room, ours in manager.rooms["/"].items():
+        theirs = reference.rooms["/"][room]
+        assert dict(ours) == dict(theirs)
+        assert dict(ours.inverse) == dict(theirs.inverse)
+    assert manager.sid_from_eio_sid("e2", "/") == reference.sid_from_eio_sid("e2", "/")
+
+
+def _ids() -> Any:
+    n = iter(range(1000))
+    return lambda: f"s{next(n)}"
