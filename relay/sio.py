@@ -122,7 +122,7 @@ class RelayManager(socketio.AsyncManager):  # type: ignore[misc]
                     _leave(ns_rooms, room, sid)
             if None in rooms:
                 _leave(ns_rooms, None, sid)
-            if not ns_rooms and self.rooms.get(namespace) is ns_rooms:
+            if not ns_rooms:
                 del self.rooms[namespace]
         self.callbacks.pop(sid, None)
         for pending in (self.pending_connect, self.pending_disconnect):

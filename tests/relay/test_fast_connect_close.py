@@ -318,9 +318,14 @@ async def test_pre_connect_now_leaves_the_manager_as_pre_connect_does() -> None:
             ns: {named(room): {named(k): v for k, v in m.items()} for room, m in r.items()}
             for ns, r in manager.rooms.items()
         }
+        # (relay writes bidict's two dicts itself: the inverse maps must match too)
+        inverse = {
+            ns: {named(room): {e: named(s) for e, s in m.inverse.items()} for room, m in r.items()}
+            for ns, r in manager.rooms.items()
+        }
         entered = {(ns, named(s)): {named(x) for x in v} for (ns, s), v in manager._entered.items()}
         pending = {ns: [named(x) for x in v] for ns, v in manager.pending_connect.items()}
-        return rooms, entered, pending
+        return rooms, inverse, entered, pending
 
     fast = create_app(Settings()).state.sio.manager
     slow = create_app(Settings()).state.sio.manager
@@ -337,6 +342,7 @@ async def test_pre_connect_now_leaves_the_manager_as_pre_connect_does() -> None:
     await slow.connect(sid_slow, "/")
     assert state(fast, sid_fast) == state(slow, sid_slow)
     assert fast.is_connected(sid_fast, "/") and slow.is_connected(sid_slow, "/")
+    assert fast.sid_from_eio_sid("eio-1", "/") == sid_fast
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from types import SimpleNamespace
 from typing import Any
 
 import socketio
@@ -188,33 +187,3 @@ async def test_websocket_environ_headers_as_python_engineio_translates_them() ->
     environ = websocket_environ("/socket.io/", "", many)
     assert len(engine._ENVIRON_KEYS) <= engine._ENVIRON_KEYS_MAX
     assert environ[f"HTTP_X_MADE_UP_{2 * engine._ENVIRON_KEYS_MAX - 1}"] == "v"
-
-
-def test_pre_connect_refuses_a_connected_engineio_session_as_bidict_would() -> None:
-    # pre_connect_now writes bidict's two dicts itself: the rooms and inverse maps it leaves
-    # are bidict's, and a second CONNECT of one Engine.IO session is refused, changing nothing
-    from socketio.base_manager import BaseManager
-
-    manager = RelayManager()
-    manager.rooms = {}
-    manager.server = SimpleNamespace(eio=SimpleNamespace(generate_id=_ids()))
-    reference = BaseManager()
-    reference.rooms = {}
-    for eio_sid in ("e1", "e2"):
-        sid = manager.pre_connect_now(eio_sid, "/")
-        assert sid is not None
-        reference.basic_enter_room(sid, "/", None, eio_sid=eio_sid)
-        reference.basic_enter_room(sid, "/", sid, eio_sid=eio_sid)
-    before = {r: dict(m) for r, m in manager.rooms["/"].items()}
-    assert manager.pre_connect_now("e1", "/") is None
-    assert {r: dict(m) for r, m in manager.rooms["/"].items()} == before
-    for room, ours in manager.rooms["/"].items():
-        theirs = reference.rooms["/"][room]
-        assert dict(ours) == dict(theirs)
-        assert dict(ours.inverse) == dict(theirs.inverse)
-    assert manager.sid_from_eio_sid("e2", "/") == reference.sid_from_eio_sid("e2", "/")
-
-
-def _ids() -> Any:
-    n = iter(range(1000))
-    return lambda: f"s{next(n)}"
