@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from relay import __version__, handlers, names
 from relay.api import Api
+from relay.edge import EdgeGuard
 from relay.engine import RelayEngine
 from relay.fastws import FastWebSocketProtocol
 from relay.service import Relay
@@ -153,9 +154,11 @@ SOCKETIO_PREFIX = "/socket.io/"
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the relay application: Socket.IO under ``/socket.io/``, health, the page."""
     settings = settings or Settings()
+    settings.check()  # (settings built in code skip from_env's checks: e.g. a secret, no key)
     sio = build_sio(settings)
     relay = Relay(settings, EngineIOTransport(sio.eio))
     handlers.register(sio, relay)
+    edge = EdgeGuard(settings)
     started = time.monotonic()
 
     async def healthz(request: Request) -> Response:
@@ -165,6 +168,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "uptime_s": round(time.monotonic() - started, 1),
             "backends": {"memory": "ok"},
             **relay.describe(),
+            "edge": edge.describe(),
         }
         return JSONResponse(body)
 
@@ -214,6 +218,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.sio = sio
     app.state.relay = relay
+    app.state.edge = edge
     return app
 
 

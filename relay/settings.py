@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import ConfigError
+from relay.limits import Rate, parse_rate
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -83,6 +84,21 @@ def parse_optional(key: str, raw: str) -> str | None:
     return raw.strip() or None
 
 
+def parse_bool(key: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}={raw!r} is not a boolean (true or false)")
+
+
+PUBLISH_RATE = Rate(100.0, 200.0)
+JOIN_RATE = Rate(20.0, 100.0)
+CONNECT_RATE = Rate(20.0, 100.0)
+API_RATE = Rate(1000.0, 2000.0)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything relay can be told; defaults are the embedded, in-memory setup."""
@@ -103,6 +119,30 @@ class Settings:
     secret: str | None = None
     api_key: str | None = None
     redis_url: str | None = None
+    # -- limits: what one client may make the server hold or do (0 turns a cap or a rate off) --
+    #: bytes of history kept across all rooms; past it the biggest room's oldest messages go
+    history_max_bytes: int = 64 * 1024 * 1024
+    #: rooms the server keeps (with members or with history)
+    max_rooms: int = 50_000
+    #: rooms one connection may be in at once
+    max_rooms_per_connection: int = 100
+    #: TCP connections open at once (HTTP and websocket), and from one client IP
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 256
+    #: per connection: ``publish`` and ``direct`` events; ``join`` and ``presence`` events
+    publish_rate: Rate = PUBLISH_RATE
+    join_rate: Rate = JOIN_RATE
+    #: per client IP: new connections
+    connect_rate: Rate = CONNECT_RATE
+    #: per API key (per client IP when no key is set): HTTP API requests
+    api_rate: Rate = API_RATE
+    #: seconds a client has to send a request's headers (and then its body)
+    header_timeout: float = 10.0
+    #: seconds an Engine.IO session may stay open without a Socket.IO CONNECT
+    connect_timeout: float = 10.0
+    #: take the client's IP from the last X-Forwarded-For entry (behind Heroku's router, a
+    #: load balancer); off, the socket's peer is the client
+    trust_proxy: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
@@ -141,6 +181,13 @@ class Settings:
             ("RELAY_PING_TIMEOUT", self.ping_timeout, 0.01),
             ("RELAY_MAX_BUFFER", self.max_buffer, 1024),
             ("RELAY_RECOVERY_TTL", self.recovery_ttl, 0),
+            ("RELAY_HISTORY_MAX_BYTES", self.history_max_bytes, 0),
+            ("RELAY_MAX_ROOMS", self.max_rooms, 0),
+            ("RELAY_MAX_ROOMS_PER_CONNECTION", self.max_rooms_per_connection, 0),
+            ("RELAY_MAX_CONNECTIONS", self.max_connections, 0),
+            ("RELAY_MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip, 0),
+            ("RELAY_HEADER_TIMEOUT", self.header_timeout, 0.01),
+            ("RELAY_CONNECT_TIMEOUT", self.connect_timeout, 0.01),
         ]
         for key, value, low in limits:
             if value < low:
@@ -150,6 +197,11 @@ class Settings:
             raise ConfigError(
                 f"RELAY_MAX_PAYLOAD={shown!r} must leave room for the envelope "
                 f"inside the {self.max_frame}-byte transport limit"
+            )
+        if self.secret is not None and self.api_key is None:
+            raise ConfigError(
+                "RELAY_SECRET is set but RELAY_API_KEY is not: with a secret, the HTTP API needs"
+                " a key too (set RELAY_API_KEY, e.g. to the output of `openssl rand -hex 32`)"
             )
 
     def replace(self, **changes: Any) -> Settings:
@@ -172,4 +224,16 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "secret": ("RELAY_SECRET", parse_optional),
     "api_key": ("RELAY_API_KEY", parse_optional),
     "redis_url": ("REDIS_URL", parse_optional),
+    "history_max_bytes": ("RELAY_HISTORY_MAX_BYTES", parse_size),
+    "max_rooms": ("RELAY_MAX_ROOMS", parse_int),
+    "max_rooms_per_connection": ("RELAY_MAX_ROOMS_PER_CONNECTION", parse_int),
+    "max_connections": ("RELAY_MAX_CONNECTIONS", parse_int),
+    "max_connections_per_ip": ("RELAY_MAX_CONNECTIONS_PER_IP", parse_int),
+    "publish_rate": ("RELAY_PUBLISH_RATE", parse_rate),
+    "join_rate": ("RELAY_JOIN_RATE", parse_rate),
+    "connect_rate": ("RELAY_CONNECT_RATE", parse_rate),
+    "api_rate": ("RELAY_API_RATE", parse_rate),
+    "header_timeout": ("RELAY_HEADER_TIMEOUT", parse_duration),
+    "connect_timeout": ("RELAY_CONNECT_TIMEOUT", parse_duration),
+    "trust_proxy": ("RELAY_TRUST_PROXY", parse_bool),
 }

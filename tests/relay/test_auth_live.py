@@ -18,7 +18,7 @@ SECRET = "a-secret-for-tests"
 
 @pytest.fixture(scope="module")
 def secured() -> Iterator[LiveRelay]:
-    with serve_in_thread(Settings(secret=SECRET)) as live:
+    with serve_in_thread(Settings(secret=SECRET, api_key="test-key")) as live:
         yield live
 
 

@@ -347,7 +347,7 @@ async def test_pre_connect_now_leaves_the_manager_as_pre_connect_does() -> None:
 
 @pytest.fixture
 def relay_without_recovery() -> Iterator[LiveRelay]:
-    with serve_in_thread(Settings(recovery_ttl=0, secret="s3cret")) as live:
+    with serve_in_thread(Settings(recovery_ttl=0, secret="s3cret", api_key="k")) as live:
         yield live
 
 

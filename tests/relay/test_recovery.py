@@ -184,7 +184,7 @@ class Raw:
 
 @pytest.fixture(scope="module")
 def secret_relay() -> Iterator[LiveRelay]:
-    with serve_in_thread(Settings(secret="s3cret")) as live:
+    with serve_in_thread(Settings(secret="s3cret", api_key="k")) as live:
         yield live
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from relay.errors import ConfigError
+from relay.limits import OFF, Rate
 from relay.settings import ENV_KEYS, Settings
 
 VALID: list[tuple[str, str, str, Any]] = [
@@ -43,7 +44,24 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("RELAY_SECRET", "  ", "secret", None),
     ("RELAY_API_KEY", "key", "api_key", "key"),
     ("REDIS_URL", "redis://127.0.0.1:6379/0", "redis_url", "redis://127.0.0.1:6379/0"),
+    ("RELAY_HISTORY_MAX_BYTES", "256MiB", "history_max_bytes", 256 * 1024 * 1024),
+    ("RELAY_MAX_ROOMS", "1000", "max_rooms", 1000),
+    ("RELAY_MAX_ROOMS_PER_CONNECTION", "0", "max_rooms_per_connection", 0),
+    ("RELAY_MAX_CONNECTIONS", "20000", "max_connections", 20000),
+    ("RELAY_MAX_CONNECTIONS_PER_IP", "50", "max_connections_per_ip", 50),
+    ("RELAY_PUBLISH_RATE", "10/s,30", "publish_rate", Rate(10.0, 30.0)),
+    ("RELAY_PUBLISH_RATE", "50", "publish_rate", Rate(50.0, 100.0)),
+    ("RELAY_JOIN_RATE", "off", "join_rate", OFF),
+    ("RELAY_CONNECT_RATE", "120/m", "connect_rate", Rate(2.0, 4.0)),
+    ("RELAY_API_RATE", "0", "api_rate", OFF),
+    ("RELAY_HEADER_TIMEOUT", "5s", "header_timeout", 5.0),
+    ("RELAY_CONNECT_TIMEOUT", "2500ms", "connect_timeout", 2.5),
+    ("RELAY_TRUST_PROXY", "true", "trust_proxy", True),
+    ("RELAY_TRUST_PROXY", "0", "trust_proxy", False),
 ]
+
+#: variables that only make sense with another one set (RELAY_SECRET needs RELAY_API_KEY)
+COMPANIONS = {"RELAY_SECRET": {"RELAY_API_KEY": "key"}}
 
 INVALID: list[tuple[str, str]] = [
     ("PORT", "http"),
@@ -68,12 +86,24 @@ INVALID: list[tuple[str, str]] = [
     ("RELAY_MAX_BUFFER", "lots"),
     ("RELAY_MAX_BUFFER", "10"),
     ("RELAY_SHUTDOWN_TIMEOUT", "never"),
+    ("RELAY_PUBLISH_RATE", "fast"),
+    ("RELAY_PUBLISH_RATE", "-3/s"),
+    ("RELAY_PUBLISH_RATE", "10/s,0"),
+    ("RELAY_JOIN_RATE", "10/week"),
+    ("RELAY_CONNECT_RATE", "nan"),
+    ("RELAY_MAX_ROOMS", "-1"),
+    ("RELAY_MAX_CONNECTIONS", "many"),
+    ("RELAY_HEADER_TIMEOUT", "0"),
+    ("RELAY_CONNECT_TIMEOUT", "later"),
+    ("RELAY_TRUST_PROXY", "maybe"),
+    ("RELAY_HISTORY_MAX_BYTES", "-1"),
 ]
 
 
 @pytest.mark.parametrize(("key", "raw", "field", "expected"), VALID, ids=lambda v: str(v)[:30])
 def test_each_variable_is_parsed(key: str, raw: str, field: str, expected: Any) -> None:
-    assert getattr(Settings.from_env({key: raw}), field) == expected
+    env = {key: raw, **COMPANIONS.get(key, {})}
+    assert getattr(Settings.from_env(env), field) == expected
 
 
 def test_every_variable_is_covered() -> None:
@@ -120,3 +150,14 @@ def test_settings_are_frozen_and_replace_makes_a_copy() -> None:
     assert (s.history_size, t.history_size) == (1000, 3)
     with pytest.raises(AttributeError):
         s.history_size = 4  # type: ignore[misc]
+
+
+def test_a_secret_without_an_api_key_is_refused_in_one_line() -> None:
+    # (the HTTP API would otherwise be open to anyone, bypassing every token's room scopes)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"RELAY_SECRET": "s3cret"})
+    message = str(info.value)
+    assert "RELAY_SECRET" in message and "RELAY_API_KEY" in message and "\n" not in message
+    with pytest.raises(ConfigError):
+        Settings(secret="s3cret").check()
+    Settings(secret="s3cret", api_key="k").check()
