@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match, Route
 
 from relay import names
-from relay.errors import BadRequest, Internal, NotFound, RelayError, TooLarge, Unauthorized
+from relay.errors import (
+    BadRequest,
+    Internal,
+    NotFound,
+    RateLimited,
+    RelayError,
+    TooLarge,
+    Unauthorized,
+)
+from relay.history import History
+from relay.limits import Buckets
 from relay.service import HTTP_SENDER, Relay
 from relay.settings import Settings
 
@@ -36,7 +46,32 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(exc: RelayError) -> Response:
-    return json_response({"error": exc.to_dict()}, exc.http_status)
+    response = json_response({"error": exc.to_dict()}, exc.http_status)
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        response.headers["retry-after"] = str(max(1, round(exc.retry_after + 0.5)))
+    return response
+
+
+#: the fields each body may have; any other is refused, named (a typo such as ``evnet`` must
+#: not publish under the default event name)
+BODY_FIELDS = frozenset({"event", "data"})
+
+
+class UnsupportedMediaType(BadRequest):
+    """A body that is not ``application/json`` (which a cross-site form cannot send)."""
+
+    http_status = 415
+
+
+def client_ip(request: Request, trust_proxy: bool) -> str:
+    """The client's address: the socket's peer, or behind a trusted proxy the last
+    ``X-Forwarded-For`` entry (the one that proxy added)."""
+    if trust_proxy:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            return forwarded.rsplit(",", 1)[-1].strip()
+    client = request.client
+    return client.host if client is not None else "?"
 
 
 def _query_int(request: Request, key: str, default: int, low: int, high: int) -> int:
@@ -58,6 +93,9 @@ class Api:
     def __init__(self, relay: Relay, settings: Settings) -> None:
         self.relay = relay
         self.settings = settings
+        #: one bucket per API key (per client IP when no key is set)
+        self.buckets = Buckets(settings.api_rate)
+        self.rate_limited = 0
 
     def routes(self) -> list[Route]:
         wrap = self._guard
@@ -94,6 +132,7 @@ class Api:
         async def guarded(request: Request) -> Response:
             try:
                 self._authenticate(request)
+                self._throttle(request)
                 return await endpoint(request)
             except RelayError as exc:
                 return error_response(exc)
@@ -114,7 +153,30 @@ class Api:
         if not hmac.compare_digest(token.strip().encode(), key.encode()):
             raise Unauthorized("the API key is not valid")
 
+    def _throttle(self, request: Request) -> None:
+        rate = self.settings.api_rate
+        if not rate.enabled:
+            return
+        if self.settings.api_key is not None:
+            key = "key"  # one key: one bucket (the key itself is never kept)
+        else:
+            key = client_ip(request, self.settings.trust_proxy)
+        wait = self.buckets.take(key)
+        if wait:
+            self.rate_limited += 1
+            raise RateLimited(
+                f"too many API requests: at most {rate.per_s:g} a second, in bursts of up to"
+                f" {rate.burst:g} (RELAY_API_RATE); retry in {wait:.3f} s",
+                wait,
+            )
+
     async def _body(self, request: Request) -> tuple[str, Any]:
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "application/json":
+            shown = media or "none"
+            raise UnsupportedMediaType(
+                f"the body must be JSON sent as 'Content-Type: application/json', got {shown}"
+            )
         limit = self.settings.max_frame
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -130,6 +192,11 @@ class Api:
             raise BadRequest(f"the body must be a JSON object: {exc}") from None
         if not isinstance(body, dict):
             raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
+        unknown = [k for k in body if k not in BODY_FIELDS]
+        if unknown:
+            raise BadRequest(
+                f"unknown field {unknown[0]!r} in the body; it takes 'data' and optionally 'event'"
+            )
         body = {k: v for k, v in body.items() if v is not None or k == "data"}
         if "data" not in body:
             raise BadRequest("the body needs 'data'")
@@ -166,5 +233,32 @@ class Api:
         room = names.room_name(request.path_params["room"])
         since = _query_int(request, "since", 0, 0, 2**63 - 1)
         limit = _query_int(request, "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
-        messages = self.relay.history.page(room, since, limit)
-        return json_response({"room": room, "messages": [m.envelope for m in messages]})
+        body = _history_body(self.relay.history, room, since, limit)
+        return StreamingResponse(body, media_type="application/json")
+
+
+#: envelopes per chunk of a streamed history page
+HISTORY_CHUNK = 16
+
+
+async def _history_body(
+    history: History, room: str, since: int, limit: int
+) -> AsyncIterator[bytes]:
+    """A history page's JSON, a few envelopes at a time, read from history as it goes.
+
+    The server's send waits for the client to read (uvicorn's flow control) between chunks,
+    and nothing of the page is held in between, so a page of 1,000 large messages that is
+    never read costs a chunk, not the page (nor keeps trimmed messages alive). Each envelope
+    is the text cut from the message's packet (relay.envelope), never re-encoded.
+    """
+    yield b'{"room":' + orjson.dumps(room) + b',"messages":['
+    sent = 0
+    while sent < limit:
+        chunk = history.page(room, since, min(HISTORY_CHUNK, limit - sent))
+        if not chunk:
+            break
+        text = ",".join(m.envelope_json() for m in chunk)
+        yield (text if sent == 0 else "," + text).encode()
+        sent += len(chunk)
+        since = chunk[-1].offset or since
+    yield b"]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import orjson
 import socketio
+from socketio import packet as sio_packet
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -23,6 +25,7 @@ from relay import __version__, handlers, names
 from relay.api import Api
 from relay.edge import EdgeGuard
 from relay.engine import RelayEngine
+from relay.errors import Unauthorized
 from relay.fastws import FastWebSocketProtocol
 from relay.service import Relay
 from relay.settings import Settings
@@ -168,6 +171,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "uptime_s": round(time.monotonic() - started, 1),
             "backends": {"memory": "ok"},
             **relay.describe(),
+            "api_rate_limited": api.rate_limited,
             "edge": edge.describe(),
         }
         return JSONResponse(body)
@@ -178,13 +182,27 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return FileResponse(page, headers={"Cache-Control": "no-cache"})
         return HTMLResponse(PLACEHOLDER)
 
+    api = Api(relay, settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks: set[asyncio.Task[None]] = set()
-        task = asyncio.create_task(_sweeper(relay, settings), name="relay-history-sweep")
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        for job, name in [
+            (_sweeper(relay, settings, api), "relay-history-sweep"),
+            (_expire_tokens(relay, sio), "relay-token-expiry"),
+        ]:
+            task = asyncio.create_task(job, name=name)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
         log.info("relay %s ready (in-memory)", __version__)
+        if settings.secret is None and not _loopback(settings.host):
+            log.warning(
+                "OPEN MODE ON A PUBLIC INTERFACE: relay listens on %s without RELAY_SECRET, so"
+                " anyone who can reach it may connect as any user and join any room%s."
+                " Set RELAY_SECRET and RELAY_API_KEY (see the README's deploy section)",
+                settings.host,
+                "" if settings.api_key else ", and use the HTTP API",
+            )
         if settings.redis_url:
             # (a Heroku Redis add-on sets REDIS_URL for every dyno: refusing to start would
             # take down a one-dyno app that merely has one attached)
@@ -204,7 +222,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
     routes = [
-        *Api(relay, settings).routes(),
+        *api.routes(),
         Route("/", index),
         Route("/healthz", healthz),
         Mount("/socket.io", app=sio_app),  # (RelayApp answers these paths before routing)
@@ -222,14 +240,61 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-async def _sweeper(relay: Relay, settings: Settings) -> None:
+async def _sweeper(relay: Relay, settings: Settings, api: Api) -> None:
     interval = max(0.5, min(5.0, settings.history_ttl / 2))
     while True:
         await asyncio.sleep(interval)
         try:
             dropped = relay.sweep()
+            api.buckets.sweep()
         except Exception:
             log.exception("history sweep failed")
         else:
             if dropped:
                 log.debug("forgot %d idle rooms", dropped)
+
+
+#: how often, at least, token expiries are looked at (a token ends at most this late)
+EXPIRY_TICK_S = 1.0
+
+
+async def _expire_tokens(relay: Relay, sio: socketio.AsyncServer) -> None:
+    """End every connection whose token expires, when it does (checked at connect only, a
+    token would outlive its ``exp`` for as long as its connection lasts).
+
+    The client gets a ``connect_error`` with ``{"code": "unauthorized"}``, exactly as when it
+    connects with an expired token, so the code that refreshes a token for a refused connect
+    handles this too; then the server disconnects it.
+    """
+    while True:
+        due = relay.next_expiry()
+        wait = EXPIRY_TICK_S if due is None else min(EXPIRY_TICK_S, due - time.time())
+        await asyncio.sleep(max(0.01, wait))
+        for sid in relay.expired(time.time()):
+            try:
+                await _end_expired(sio, sid)
+            except Exception:
+                log.exception("ending %s, whose token expired", sid)
+
+
+async def _end_expired(sio: socketio.AsyncServer, sid: str) -> None:
+    eio_sid = sio.manager.eio_sid_from_sid(sid, "/")
+    if eio_sid is None:
+        return
+    error = Unauthorized("the token has expired")
+    refused = sio.packet_class(
+        sio_packet.CONNECT_ERROR, data={"message": error.message, "data": error.to_dict()}
+    )
+    await sio._send_packet(eio_sid, refused)
+    log.info("%s: its token expired; disconnecting it", sid)
+    await sio.disconnect(sid)
+
+
+def _loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps relay reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -10,7 +10,7 @@ HS256 is accepted, so a token cannot pick its own algorithm (``none`` included).
 
 from __future__ import annotations
 
-import re
+import functools
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -26,27 +26,86 @@ ALGORITHM = "HS256"
 LEEWAY_S = 5  # clocks of token issuers and relay may differ by a few seconds
 
 
-def compile_patterns(patterns: Iterable[str]) -> re.Pattern[str]:
-    """One regex matching a whole room name against any of ``patterns``."""
-    parts = ["".join(".*" if c == "*" else re.escape(c) for c in p) for p in patterns]
-    return re.compile("|".join(f"(?:{p})" for p in parts) or "(?!)")
+#: a token's ``rooms`` claim may hold at most this many patterns, each at most this long
+MAX_PATTERNS = 100
+MAX_PATTERN_LENGTH = 256
+
+
+class Glob:
+    """One room pattern: ``*`` matches any run of characters, the rest itself; whole names.
+
+    Matching takes time linear in the name and the pattern, whatever the pattern (a regex of
+    ``.*`` runs backtracks: ``*a*a*a*a*a*b`` took seconds against a 128-character name): the
+    pattern is cut at its stars, the first piece must start the name, the last must end it,
+    and each piece between is found at its leftmost place after the one before, which is
+    always the right choice when nothing but ``*`` is special.
+    """
+
+    __slots__ = ("_exact", "_head", "_middle", "_min", "_tail")
+
+    def __init__(self, pattern: str) -> None:
+        pieces = pattern.split("*")
+        self._exact = pattern if len(pieces) == 1 else None
+        self._head = pieces[0]
+        self._tail = pieces[-1] if len(pieces) > 1 else ""
+        self._middle = tuple(p for p in pieces[1:-1] if p)
+        self._min = len(self._head) + len(self._tail) + sum(map(len, self._middle))
+
+    def match(self, name: str) -> bool:
+        if self._exact is not None:
+            return name == self._exact
+        if len(name) < self._min or not name.startswith(self._head):
+            return False
+        end = len(name) - len(self._tail)
+        if not name.endswith(self._tail):
+            return False
+        pos = len(self._head)
+        for piece in self._middle:
+            found = name.find(piece, pos, end)
+            if found < 0:
+                return False
+            pos = found + len(piece)
+        return True
+
+
+class Matcher:
+    """Whether a room name matches any of a token's patterns."""
+
+    __slots__ = ("_globs",)
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self._globs = tuple(Glob(p) for p in dict.fromkeys(patterns))
+
+    def fullmatch(self, name: str) -> bool:
+        return any(glob.match(name) for glob in self._globs)
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_patterns(patterns: tuple[str, ...]) -> Matcher:
+    """The matcher of a ``rooms`` claim, made once per distinct claim (every connection of a
+    token, and every token with the same rooms, share it)."""
+    return Matcher(patterns)
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """The user behind a connection and the rooms it may use (``None``: any room)."""
+    """The user behind a connection, the rooms it may use (``None``: any room), and when its
+    token expires (Unix seconds; ``None``: never, or no token)."""
 
     user: str | None
     rooms: tuple[str, ...] | None = None
-    _matcher: re.Pattern[str] | None = None
+    _matcher: Matcher | None = None
+    expires: float | None = None
 
     @classmethod
-    def scoped(cls, user: str | None, rooms: tuple[str, ...] | None) -> Identity:
+    def scoped(
+        cls, user: str | None, rooms: tuple[str, ...] | None, expires: float | None = None
+    ) -> Identity:
         matcher = compile_patterns(rooms) if rooms is not None else None
-        return cls(user, rooms, matcher)
+        return cls(user, rooms, matcher, expires)
 
     def allows(self, room: str) -> bool:
-        return self._matcher is None or self._matcher.fullmatch(room) is not None
+        return self._matcher is None or self._matcher.fullmatch(room)
 
     def check_room(self, room: str, action: str) -> None:
         if not self.allows(room):
@@ -61,7 +120,17 @@ def _rooms_claim(value: Any) -> tuple[str, ...] | None:
         return None
     if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
         raise Unauthorized("the token's 'rooms' claim must be a list of room patterns")
+    if len(value) > MAX_PATTERNS or any(len(p) > MAX_PATTERN_LENGTH for p in value):
+        raise Unauthorized(
+            f"the token's 'rooms' claim may hold at most {MAX_PATTERNS} patterns of at most"
+            f" {MAX_PATTERN_LENGTH} characters"
+        )
     return tuple(value)
+
+
+def _expiry(value: Any) -> float | None:
+    # (PyJWT checked ``exp`` already: a number, not past)
+    return float(value) + LEEWAY_S if isinstance(value, int | float) else None
 
 
 def verify_token(token: Any, secret: str) -> Identity:
@@ -95,7 +164,7 @@ def verify_token(token: Any, secret: str) -> Identity:
         user = names.user_name(sub, "sub")
     except BadRequest as exc:
         raise Unauthorized(f"the token's {exc.message}") from None
-    return Identity.scoped(user, _rooms_claim(claims.get("rooms")))
+    return Identity.scoped(user, _rooms_claim(claims.get("rooms")), _expiry(claims.get("exp")))
 
 
 def authenticate(auth: Any, secret: str | None) -> Identity:

@@ -53,10 +53,12 @@ def encode_data(data: Any, limit: int) -> bytes:
 
 @dataclass(slots=True)
 class Message:
-    """One accepted message: what its envelope says, and the packet every recipient gets.
+    """One accepted message: its routing fields and the packet every recipient gets.
 
-    Treat it as immutable. The envelope itself is made only when asked for (the HTTP API's
-    history): recipients get ``packet``, encoded once, and nothing else reads the dict.
+    Treat it as immutable. The packet is the only copy of the message's content (the parsed
+    ``data`` is not kept: a history of large messages would cost several times its size);
+    :meth:`envelope_json` cuts the envelope out of it without decoding, and :attr:`envelope`
+    decodes it for whoever needs the dict.
     """
 
     id: str
@@ -65,21 +67,28 @@ class Message:
     offset: int | None
     ts: int
     packet: str
-    sender_sid: str | None
-    sender_user: str | None
-    data: Any
+
+    def envelope_json(self) -> str:
+        """The envelope as JSON text, sliced out of ``packet`` (``2["<event>",{...}]``).
+
+        No decode and re-encode: a page of history costs a copy of its bytes, and data nested
+        as deep as the encoder allowed once is never re-encoded one level deeper.
+        """
+        return self.packet[len(self.event) + 5 : -1]
 
     @property
     def envelope(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "room": self.room,
-            "event": self.event,
-            "from": {"sid": self.sender_sid, "user": self.sender_user},
-            "data": self.data,
-            "offset": self.offset,
-            "ts": self.ts,
-        }
+        return orjson.loads(self.envelope_json())  # type: ignore[no-any-return]
+
+    @property
+    def size(self) -> int:
+        """What the message costs in memory, roughly: its packet and a fixed overhead."""
+        return len(self.packet) + MESSAGE_OVERHEAD
+
+
+#: bytes a kept message costs beyond its packet's characters (the object, its id, the
+#: packet's header, its slot in a room's deque), measured with ``sys.getsizeof``
+MESSAGE_OVERHEAD = 256
 
 
 def build(
@@ -89,7 +98,6 @@ def build(
     event: str,
     sender_sid: str | None,
     sender_user: str | None,
-    data: Any,
     data_json: bytes,
     offset: int | None,
     ts: int,
@@ -105,7 +113,7 @@ def build(
         "ts": ts,
     }
     packet = "2" + orjson.dumps([event, head]).decode()
-    return Message(id, room, event, offset, ts, packet, sender_sid, sender_user, data)
+    return Message(id, room, event, offset, ts, packet)
 
 
 def event_packet(event: str, payload: Any) -> str:

@@ -60,8 +60,20 @@ class TooLarge(RelayError):
 
 
 class RateLimited(RelayError):
+    """A limit was hit; ``retry_after`` (seconds) says when trying again can succeed, if known."""
+
     code = "rate_limited"
     http_status = 429
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        if self.retry_after is not None:
+            body["retry_after_ms"] = max(1, round(self.retry_after * 1000))
+        return body
 
 
 class Unavailable(RelayError):

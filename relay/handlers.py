@@ -45,6 +45,7 @@ def on_publish(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
     exclude_self = names.flag(p.get("exclude_self", False), "exclude_self")
     member = relay.member(sid)
     member.identity.check_room(room, "publish to")
+    relay.throttle_publish(member)
     message = relay.publish(Sender(sid, member.user), room, event, p["data"], exclude_self)
     return {"ok": True, "id": message.id, "offset": message.offset}
 
@@ -61,6 +62,7 @@ def on_direct(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
     if "data" not in p:
         raise BadRequest("'direct' needs 'data'")
     member = relay.member(sid)
+    relay.throttle_publish(member)
     message, delivered = relay.direct(
         Sender(sid, member.user), to=to, user=user, event=event, data=p["data"]
     )
@@ -69,7 +71,9 @@ def on_direct(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
 
 def on_presence(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
     room = names.room_name(p.get("room"))
-    relay.member(sid).identity.check_room(room, "see the members of")
+    member = relay.member(sid)
+    member.identity.check_room(room, "see the members of")
+    relay.throttle_join(member)
     return relay.presence(room)
 
 

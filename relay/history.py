@@ -2,16 +2,25 @@
 
 Theory of operation
 -------------------
-Each room that has ever had a message owns a :class:`RoomLog`: the last offset handed out and a
-deque of the most recent messages, oldest first. Offsets start at 1 and grow by one per
-message, so the deque is always a contiguous run ``[first, ..., last]`` and a lookup by offset
-is arithmetic, not a search.
+Each room relay knows of owns a :class:`RoomLog`: the last offset handed out and a deque of the
+most recent messages, oldest first. A room is known from its first member or its first message
+until it has neither (then it is forgotten, and its offsets start again from 1). Offsets start
+at 1 and grow by one per message, so the deque is always a contiguous run
+``[first, ..., last]`` and a lookup by offset is arithmetic, not a search.
 
-Two bounds apply: a count (``size``) enforced on every append, and an age (``ttl``) enforced
-lazily on every read and eagerly by :meth:`History.sweep`, which the server runs periodically.
-A room whose history has fully expired and that nobody is in is forgotten entirely, so an idle
-room costs nothing; its offsets then start again from 1, which a returning client sees as
-``since`` ahead of the room: it receives everything the room has and ``recovered: false``.
+Three bounds apply to what is kept:
+
+- a count per room (``size``), enforced on every append;
+- an age (``ttl``), enforced lazily on every read and eagerly by :meth:`History.sweep`, which the
+  server runs periodically;
+- the bytes of every room together (``max_bytes``). Past it, rooms are trimmed to a common cap,
+  oldest messages first, cutting only the biggest rooms (max-min fairness): a room that
+  floods pays for its flood, and a quiet room keeps its history until everything else is as
+  small as it is. One trim brings the total down to 90% of the bound, so the work of sorting
+  the rooms is paid once per tenth of the bound appended, not on every message.
+
+Trimming of any kind only moves a room's ``first`` offset forward, so a ``since`` older than
+what is kept is answered ``recovered: false``, never with a silent gap.
 
 Replay is decided here and delivered by the caller in the same event-loop step as the join
 itself, so no live message can slip between the replayed tail and the first live one: the
@@ -31,6 +40,8 @@ from relay.envelope import Message
 class RoomLog:
     last: int = 0
     messages: deque[Message] = field(default_factory=deque)
+    #: what ``messages`` cost (:attr:`Message.size` summed)
+    bytes: int = 0
 
     @property
     def first(self) -> int:
@@ -44,14 +55,29 @@ class Replay:
     recovered: bool
 
 
+#: a trim for the global bound brings the total down to this share of it
+TRIM_TO = 0.9
+
+
 class History:
     """Offsets and bounded history for every room, with no I/O."""
 
-    def __init__(self, size: int, ttl_s: float, clock_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        size: int,
+        ttl_s: float,
+        clock_ms: Callable[[], int],
+        max_bytes: int = 0,
+    ) -> None:
         self.size = size
         self.ttl_ms = int(ttl_s * 1000)
+        self.max_bytes = max_bytes  # 0: no global bound
         self._clock = clock_ms
         self._rooms: dict[str, RoomLog] = {}
+        #: bytes kept in every room together
+        self.bytes = 0
+        #: messages dropped to keep the global bound (not those past their count or age)
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -68,6 +94,11 @@ class History:
         log = self._rooms.get(room)
         return (log.last if log is not None else 0) + 1
 
+    def touch(self, room: str) -> None:
+        """Know ``room`` (it got a member) even before its first message."""
+        if room not in self._rooms:
+            self._rooms[room] = RoomLog()
+
     def append(self, room: str, message: Message) -> None:
         """Record ``message``, whose offset must be :meth:`next_offset`."""
         log = self._rooms.get(room)
@@ -77,15 +108,50 @@ class History:
         log.last = message.offset
         if self.size <= 0:
             return
-        log.messages.append(message)
-        if len(log.messages) > self.size:
-            log.messages.popleft()
+        messages = log.messages
+        messages.append(message)
+        size = message.size
+        log.bytes += size
+        self.bytes += size
+        if len(messages) > self.size:
+            self._pop(log)
+        if self.max_bytes and self.bytes > self.max_bytes:
+            self._evict()
+
+    def _pop(self, log: RoomLog) -> None:
+        size = log.messages.popleft().size
+        log.bytes -= size
+        self.bytes -= size
+
+    def _evict(self) -> None:
+        """Trim the biggest rooms to a common cap until the total is under ``TRIM_TO``."""
+        excess = self.bytes - int(self.max_bytes * TRIM_TO)
+        logs = sorted((log for log in self._rooms.values() if log.bytes), key=_by_bytes)
+        logs.reverse()
+        # water-filling: the cap is the largest level at which cutting every room above it
+        # down to it frees ``excess`` bytes
+        above = 0  # bytes of the rooms before logs[i]
+        for i, log in enumerate(logs):
+            level = log.bytes
+            if above - i * level >= excess:
+                # cutting rooms 0..i-1 down to a cap between their sizes and this one is enough
+                cap = (above - excess) // i
+                break
+            above += level
+        else:
+            cap = max(0, (above - excess) // max(1, len(logs)))
+        for log in logs:
+            if log.bytes <= cap:
+                break
+            while log.bytes > cap and log.messages:
+                self._pop(log)
+                self.evicted += 1
 
     def _trim(self, log: RoomLog, now: int) -> None:
         cutoff = now - self.ttl_ms
         messages = log.messages
         while messages and messages[0].ts <= cutoff:
-            messages.popleft()
+            self._pop(log)
 
     def replay(self, room: str, since: int) -> Replay:
         """What a ``join`` with ``since`` must replay, and whether that is all it missed."""
@@ -135,6 +201,10 @@ class History:
         self._trim(log, self._clock())
         if not log.messages:
             del self._rooms[room]
+
+
+def _by_bytes(log: RoomLog) -> int:
+    return log.bytes
 
 
 def _tail(messages: deque[Message], skip: int) -> Iterator[Message]:

@@ -9,9 +9,11 @@ of rooms that connection was in, not the number of rooms on the server.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from relay.auth import OPEN, Identity
+from relay.limits import Bucket
 
 
 @dataclass(slots=True)
@@ -20,6 +22,9 @@ class Member:
     user: str | None
     rooms: set[str] = field(default_factory=set)
     identity: Identity = OPEN
+    #: this connection's rate limits (relay.service), made on first use
+    publish_bucket: Bucket | None = None
+    join_bucket: Bucket | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {"sid": self.sid, "user": self.user}
@@ -67,6 +72,9 @@ class Registry:
 
     def get(self, sid: str) -> Member | None:
         return self._members.get(sid)
+
+    def items(self) -> Iterable[tuple[str, Member]]:
+        return self._members.items()
 
     def join(self, sid: str, room: str) -> bool:
         """Add ``sid`` to ``room``; False when it was already there."""

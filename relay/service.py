@@ -7,14 +7,17 @@ without a gap or a duplicate.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from relay import envelope
 from relay.auth import Identity
-from relay.errors import BadRequest, NotFound
+from relay.errors import BadRequest, NotFound, RateLimited, Unavailable
 from relay.history import History
+from relay.limits import Bucket, Rate
 from relay.recovery import Recovery, Session
 from relay.rooms import Member, Registry
 from relay.settings import Settings
@@ -49,12 +52,17 @@ class Relay:
         self.settings = settings
         self.transport = transport
         self.registry = Registry()
-        self.history = History(settings.history_size, settings.history_ttl, clock_ms)
+        self.history = History(
+            settings.history_size, settings.history_ttl, clock_ms, settings.history_max_bytes
+        )
         self._clock = clock_ms
         self._ids = envelope.IdFactory()
         # connection state recovery (relay.recovery): dropped connections' sessions
         self.recovery = Recovery(settings.recovery_ttl, settings.max_buffer)
-        self.stats = {"published": 0, "delivered": 0, "direct": 0}
+        self.stats = {"published": 0, "delivered": 0, "direct": 0, "rate_limited": 0}
+        #: (expiry in Unix seconds, sid) of connections whose token expires (a heap; entries of
+        #: connections gone are skipped when they come up, and compacted when they pile up)
+        self._expiring: list[tuple[float, str]] = []
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -63,7 +71,9 @@ class Relay:
     ) -> Member:
         self.transport.attach(sid, eio_sid)
         self.recovery.issue(sid)
-        return self.registry.connect(sid, user, identity or Identity(user))
+        identity = identity or Identity(user)
+        self._watch_expiry(sid, identity)
+        return self.registry.connect(sid, user, identity)
 
     def disconnect(self, sid: str, recoverable: bool = False) -> None:
         """Forget ``sid``: it leaves every room, and their members hear of it.
@@ -102,8 +112,10 @@ class Relay:
         sid = session.sid
         missed = self.recovery.claim(session)
         self.transport.attach(sid, eio_sid)
+        self._watch_expiry(sid, identity)
         member = self.registry.connect(sid, identity.user, identity)
         for room in session.rooms:
+            self.history.touch(room)
             if self.registry.join(sid, room):
                 # it left when it dropped; the members who heard that hear it is back
                 self._announce(room, "join", member)
@@ -122,6 +134,17 @@ class Relay:
     def join(self, sid: str, room: str, since: int | None) -> dict[str, Any]:
         member = self.member(sid)
         member.identity.check_room(room, "join")
+        self.throttle_join(member)
+        if room not in member.rooms:
+            limit = self.settings.max_rooms_per_connection
+            if limit and len(member.rooms) >= limit:
+                self.stats["rate_limited"] += 1
+                raise RateLimited(
+                    f"this connection is in {len(member.rooms)} rooms, the most one may be in"
+                    f" (RELAY_MAX_ROOMS_PER_CONNECTION={limit}); leave one first"
+                )
+            self._room_for(room)
+            self.history.touch(room)
         joined = self.registry.join(sid, room)
         ack: dict[str, Any] = {"ok": True, "room": room}
         if joined and since is not None:
@@ -153,13 +176,14 @@ class Relay:
     ) -> envelope.Message:
         """Broadcast to every member of ``room``; the message gets the room's next offset."""
         data_json = envelope.encode_data(data, self.settings.max_payload)
+        if room not in self.history:
+            self._room_for(room)
         message = envelope.build(
             id=self._ids(),
             room=room,
             event=event,
             sender_sid=sender.sid,
             sender_user=sender.user,
-            data=data,
             data_json=data_json,
             offset=self.history.next_offset(room),
             ts=self._clock(),
@@ -195,7 +219,6 @@ class Relay:
             event=event,
             sender_sid=sender.sid,
             sender_user=sender.user,
-            data=data,
             data_json=data_json,
             offset=None,
             ts=self._clock(),
@@ -221,6 +244,77 @@ class Relay:
         members = [m.as_dict() for m in self.registry.members(room)]
         return {"ok": True, "room": room, "members": members}
 
+    # -- limits --------------------------------------------------------------------------------
+
+    def throttle_publish(self, member: Member) -> None:
+        """Spend one of ``member``'s publish tokens (``publish`` and ``direct``), or refuse."""
+        rate = self.settings.publish_rate
+        if rate.per_s:
+            bucket = member.publish_bucket
+            now = time.monotonic()
+            if bucket is None:
+                bucket = member.publish_bucket = Bucket(rate, now)
+            if not bucket.take(rate, now):
+                self._refuse(bucket, rate, "publish and direct", "RELAY_PUBLISH_RATE")
+
+    def throttle_join(self, member: Member) -> None:
+        """Spend one of ``member``'s join tokens (``join`` and ``presence``), or refuse."""
+        rate = self.settings.join_rate
+        if rate.per_s:
+            bucket = member.join_bucket
+            now = time.monotonic()
+            if bucket is None:
+                bucket = member.join_bucket = Bucket(rate, now)
+            if not bucket.take(rate, now):
+                self._refuse(bucket, rate, "join and presence", "RELAY_JOIN_RATE")
+
+    def _refuse(self, bucket: Bucket, rate: Rate, what: str, key: str) -> None:
+        self.stats["rate_limited"] += 1
+        wait = bucket.retry_after(rate)
+        raise RateLimited(
+            f"too fast: a connection may send {rate.per_s:g} {what} events a second, in bursts"
+            f" of up to {rate.burst:g} ({key}); retry in {wait:.3f} s",
+            wait,
+        )
+
+    def _room_for(self, room: str) -> None:
+        """Refuse to make ``room`` (not known yet) when relay holds as many as it may."""
+        limit = self.settings.max_rooms
+        if limit and room not in self.history and len(self.history) >= limit:
+            raise Unavailable(
+                f"relay holds {len(self.history)} rooms, its limit (RELAY_MAX_ROOMS={limit}):"
+                f" no new room can be made until some are forgotten"
+            )
+
+    def _watch_expiry(self, sid: str, identity: Identity) -> None:
+        if identity.expires is None:
+            return
+        expiring = self._expiring
+        heapq.heappush(expiring, (identity.expires, sid))
+        if len(expiring) > 2 * len(self.registry) + 1024:
+            # entries of connections gone: drop them (each connection has at most one live one)
+            live = [
+                (member.identity.expires, sid)
+                for sid, member in self.registry.items()
+                if member.identity.expires is not None
+            ]
+            heapq.heapify(live)
+            self._expiring = live
+
+    def expired(self, now: float) -> list[str]:
+        """The connections whose token expired by ``now`` (Unix seconds), each named once."""
+        expiring = self._expiring
+        out = []
+        while expiring and expiring[0][0] <= now:
+            when, sid = heapq.heappop(expiring)
+            member = self.registry.get(sid)
+            if member is not None and member.identity.expires == when:
+                out.append(sid)
+        return out
+
+    def next_expiry(self) -> float | None:
+        return self._expiring[0][0] if self._expiring else None
+
     # -- housekeeping --------------------------------------------------------------------------
 
     def sweep(self) -> int:
@@ -239,12 +333,26 @@ class Relay:
             self.recovery.to_room(room, packet)
 
     def describe(self) -> dict[str, Any]:
+        settings = self.settings
         return {
             "connections": len(self.registry),
-            "rooms": self.registry.room_count(),
-            "rooms_with_history": len(self.history),
+            "rooms": self.registry.room_count(),  # with members
+            "rooms_known": len(self.history),  # with members or history: RELAY_MAX_ROOMS
             "recoverable": len(self.recovery),
+            "history_bytes": self.history.bytes,
+            "history_evicted": self.history.evicted,
             **self.stats,
+            "limits": {
+                "max_rooms": settings.max_rooms,
+                "max_rooms_per_connection": settings.max_rooms_per_connection,
+                "history_max_bytes": settings.history_max_bytes,
+                "history_size": settings.history_size,
+                "max_buffer": settings.max_buffer,
+                "max_payload": settings.max_payload,
+                "publish_rate": str(settings.publish_rate),
+                "join_rate": str(settings.join_rate),
+                "api_rate": str(settings.api_rate),
+            },
         }
 
 

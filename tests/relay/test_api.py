@@ -114,17 +114,28 @@ async def test_members_and_history_paging(live_relay: LiveRelay, http: httpx.Asy
         await client.disconnect()
 
 
+JSON = {"content-type": "application/json"}
+
+
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status", "code"),
     [
         ("POST", "/api/v1/rooms/bad%20room/events", {"json": {"data": 1}}, 400, "bad_request"),
         ("POST", "/api/v1/rooms/r/events", {"json": {"event": "x"}}, 400, "bad_request"),
-        ("POST", "/api/v1/rooms/r/events", {"content": b"{nope"}, 400, "bad_request"),
+        ("POST", "/api/v1/rooms/r/events", {"content": b"{nope", "headers": JSON}, 400,
+         "bad_request"),
         ("POST", "/api/v1/rooms/r/events", {"json": [1]}, 400, "bad_request"),
         ("POST", "/api/v1/rooms/r/events", {"json": {"event": "join", "data": 1}}, 400,
          "bad_request"),
         ("POST", "/api/v1/rooms/r/events", {"json": {"data": "x" * 70_000}}, 413, "too_large"),
-        ("POST", "/api/v1/rooms/r/events", {"content": b"[" * 2_000_000}, 413, "too_large"),
+        ("POST", "/api/v1/rooms/r/events", {"content": b"[" * 2_000_000, "headers": JSON}, 413,
+         "too_large"),
+        ("POST", "/api/v1/rooms/r/events", {"json": {"evnet": "x", "data": 1}}, 400,
+         "bad_request"),
+        ("POST", "/api/v1/rooms/r/events", {"content": b'{"data": 1}'}, 415, "bad_request"),
+        ("POST", "/api/v1/rooms/r/events",
+         {"content": b'{"data": 1}', "headers": {"content-type": "text/plain"}}, 415,
+         "bad_request"),
         ("GET", "/api/v1/rooms/r/history?limit=5000", {}, 400, "bad_request"),
         ("GET", "/api/v1/rooms/r/history?since=abc", {}, 400, "bad_request"),
     ],

@@ -53,7 +53,6 @@ def test_build_makes_the_envelope_and_its_packet() -> None:
         event="chat",
         sender_sid="s1",
         sender_user="alice",
-        data=data,
         data_json=raw,
         offset=7,
         ts=123,
@@ -68,7 +67,7 @@ def test_build_makes_the_envelope_and_its_packet() -> None:
         "ts": 123,
     }
     assert msg.envelope == expected
-    assert msg.data == data
+    assert orjson.loads(msg.envelope_json()) == expected
     assert (msg.id, msg.room, msg.event, msg.offset, msg.ts) == ("i-1", "lobby", "chat", 7, 123)
     assert msg.packet.startswith("2[")
     assert orjson.loads(msg.packet[1:]) == ["chat", expected]
@@ -81,7 +80,6 @@ def test_direct_envelope_has_null_room_and_offset() -> None:
         event="message",
         sender_sid=None,
         sender_user=None,
-        data=None,
         data_json=b"null",
         offset=None,
         ts=1,

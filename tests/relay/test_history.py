@@ -24,7 +24,6 @@ def add(history: History, room: str, clock: Clock, n: int = 1) -> list[envelope.
             event="message",
             sender_sid=None,
             sender_user=None,
-            data=offset,
             data_json=str(offset).encode(),
             offset=offset,
             ts=clock(),
@@ -134,7 +133,7 @@ def test_page() -> None:
     assert h.page("r", 25, 10) == []
     assert h.page("r", 0, 0) == []
     assert h.page("none", 0, 10) == []
-    assert [m.data for m in h.page("r", 20, 1)] == [21]
+    assert [m.envelope["data"] for m in h.page("r", 20, 1)] == [21]
 
 
 def test_sweep_drops_idle_rooms_and_keeps_occupied_ones() -> None:
@@ -179,3 +178,69 @@ def test_forget_if_idle_trims_expired_history_itself() -> None:
     clock.now += 1_000
     h.forget_if_idle("r")
     assert "r" not in h
+
+
+def add_sized(history: History, room: str, clock: Clock, n: int, size: int) -> None:
+    """``n`` messages of ``size`` bytes of data each."""
+    for _ in range(n):
+        offset = history.next_offset(room)
+        msg = envelope.build(
+            id=f"{room}-{offset}",
+            room=room,
+            event="message",
+            sender_sid=None,
+            sender_user=None,
+            data_json=b'"' + b"x" * (size - 2) + b'"',
+            offset=offset,
+            ts=clock(),
+        )
+        history.append(room, msg)
+
+
+def kept_bytes(history: History, room: str) -> int:
+    return sum(m.size for m in history.page(room, 0, 10**6))
+
+
+def test_the_global_bound_trims_the_biggest_rooms_first() -> None:
+    clock = Clock()
+    h = History(1000, 600, clock, max_bytes=1_000_000)
+    add_sized(h, "quiet-a", clock, 10, 1000)
+    add_sized(h, "quiet-b", clock, 50, 1000)
+    add_sized(h, "flood", clock, 5000, 1000)  # five times the bound on its own
+    assert h.bytes <= 1_000_000
+    assert h.bytes == sum(kept_bytes(h, r) for r in ("quiet-a", "quiet-b", "flood"))
+    # the quiet rooms are whole; the flood keeps its newest messages, a contiguous run
+    assert offsets(h.page("quiet-a", 0, 100)) == list(range(1, 11))
+    assert offsets(h.page("quiet-b", 0, 100)) == list(range(1, 51))
+    flood = offsets(h.page("flood", 0, 10_000))
+    assert flood[-1] == 5000 and flood == list(range(flood[0], 5001)) and len(flood) > 500
+    assert h.evicted == 5000 - len(flood)
+    # what was trimmed is not claimed as recovered
+    assert h.replay("flood", 0).recovered is False
+    assert h.replay("flood", flood[0] - 1).recovered is True
+
+
+def test_the_global_bound_shares_what_is_left_evenly() -> None:
+    clock = Clock()
+    h = History(1000, 600, clock, max_bytes=400_000)
+    for room in ("a", "b", "c", "d"):
+        add_sized(h, room, clock, 200, 1000)  # 4 x 200 KB: twice the bound
+    sizes = [kept_bytes(h, r) for r in "abcd"]
+    assert sum(sizes) <= 400_000
+    # within what the last room appended since the last trim (a tenth of the bound, the
+    # trim's slack) and a message of each other
+    assert max(sizes) - min(sizes) <= 40_000 + 1300
+    assert min(sizes) >= 70_000
+
+
+def test_a_room_is_known_from_its_first_member_until_it_has_neither() -> None:
+    clock = Clock()
+    h = History(10, 60, clock)
+    h.touch("r")
+    assert "r" in h and len(h) == 1 and h.latest("r") == 0
+    h.forget_if_idle("r")
+    assert "r" not in h
+    h.touch("r")
+    add(h, "r", clock, 2)
+    h.touch("r")  # (a second member: nothing changes)
+    assert h.latest("r") == 2

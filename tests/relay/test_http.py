@@ -16,7 +16,7 @@ async def test_healthz(live_relay: LiveRelay) -> None:
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
     assert body["status"] == "ok"
-    for key in ("connections", "rooms", "rooms_with_history"):
+    for key in ("connections", "rooms", "rooms_known"):
         assert isinstance(body[key], int)
 
 
@@ -63,7 +63,7 @@ async def test_expired_rooms_without_members_are_forgotten() -> None:
             await wait_for(lambda: len(history) == 1, timeout=10)
             assert kept in history
             async with httpx.AsyncClient(base_url=live.url) as http:
-                assert (await http.get("/healthz")).json()["rooms_with_history"] == 1
+                assert (await http.get("/healthz")).json()["rooms_known"] == 1
             assert (await publisher.ok("publish", {"room": kept, "data": 2}))["offset"] == 2
 
             # When the last member leaves an expired room it is forgotten too.
@@ -71,6 +71,6 @@ async def test_expired_rooms_without_members_are_forgotten() -> None:
             await member.ok("leave", {"room": kept})
             assert len(history) == 0
             async with httpx.AsyncClient(base_url=live.url) as http:
-                assert (await http.get("/healthz")).json()["rooms_with_history"] == 0
+                assert (await http.get("/healthz")).json()["rooms_known"] == 0
         finally:
             await peers.close()
