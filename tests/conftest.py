@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from relay import limits
+from relay.limits import OFF
 from relay.server import RelayServer, uvicorn_config
 from relay.settings import Settings
 
@@ -43,11 +45,26 @@ class LiveRelay:
         return self.app.state.relay
 
 
+#: every test client connects from 127.0.0.1, so a module's worth of them (a loadtest's 300)
+#: would trip the per-IP edge limits: test relays run without them unless a test asks for them
+NO_EDGE_LIMITS = {"max_connections_per_ip": 0, "connect_rate": limits.OFF}
+NO_EDGE_LIMITS_ENV = {"RELAY_MAX_CONNECTIONS_PER_IP": "0", "RELAY_CONNECT_RATE": "0"}
+
+
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings | None = None) -> Iterator[LiveRelay]:
-    """Run a relay with ``settings`` (port 0: the OS picks) until the block ends."""
+def serve_in_thread(
+    settings: Settings | None = None, edge_limits: bool = False, **extra: Any
+) -> Iterator[LiveRelay]:
+    """Run a relay with ``settings`` (port 0: the OS picks) until the block ends.
+
+    Without ``edge_limits`` the per-IP connection cap and connect rate are off (see
+    :data:`NO_EDGE_LIMITS`); with it, ``settings`` are used exactly as given. ``extra`` goes to
+    uvicorn's config (``timeout_keep_alive=1``).
+    """
     settings = (settings or Settings()).replace(port=0, host="127.0.0.1", log_level="warning")
-    server = RelayServer(uvicorn_config(settings))
+    if not edge_limits:
+        settings = settings.replace(**NO_EDGE_LIMITS)
+    server = RelayServer(uvicorn_config(settings, **extra))
     # The test process owns signal handling; the server thread must not install handlers.
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.run, name="relay-under-test", daemon=True)
@@ -67,8 +84,13 @@ def serve_in_thread(settings: Settings | None = None) -> Iterator[LiveRelay]:
 
 @pytest.fixture(scope="module")
 def live_relay() -> Iterator[LiveRelay]:
-    """One relay per test module, with default settings."""
-    with serve_in_thread() as live:
+    """One relay per test module, with default settings but for the per-connection rates.
+
+    Tests of ordering and replay publish hundreds of messages from one connection as fast as
+    they can, past what the default rates allow; the rates themselves are tested with their
+    defaults (and tighter ones) in tests/relay/test_limits_live.py.
+    """
+    with serve_in_thread(Settings(publish_rate=OFF, join_rate=OFF)) as live:
         yield live
 
 
@@ -97,7 +119,14 @@ def start_relay_process(
     timeout: float = 20,
 ) -> RelayProcess:
     """Start ``relay serve`` and wait until it says where it listens."""
-    full_env = {**os.environ, "PORT": str(port), "RELAY_HOST": "127.0.0.1", **(env or {})}
+    # (the per-IP edge limits are off unless ``env`` sets them: see NO_EDGE_LIMITS)
+    full_env = {
+        **os.environ,
+        **NO_EDGE_LIMITS_ENV,
+        "PORT": str(port),
+        "RELAY_HOST": "127.0.0.1",
+        **(env or {}),
+    }
     full_env.pop("RELAY_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", *(args or [])],

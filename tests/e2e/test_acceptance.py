@@ -28,6 +28,8 @@ import socketio
 
 from tests.conftest import ROOT, free_port, start_relay_process
 
+JSON = {"content-type": "application/json"}
+
 JS_DIR = ROOT / "tests" / "js"
 ACCEPTANCE = JS_DIR / "acceptance.mjs"
 TRANSPORTS = ["websocket", "polling"]
@@ -318,8 +320,14 @@ async def test_http_errors_follow_the_contract(http_open: httpx.AsyncClient) -> 
     post = http_open.post
     assert_error(await post(events, json={}), 400, "bad_request")
     assert_error(await post(events, json={"event": "x"}), 400, "bad_request")
-    assert_error(await post(events, content=b"{oops"), 400, "bad_request")
-    assert_error(await post(events, content=b""), 400, "bad_request")
+    assert_error(await post(events, content=b"{oops", headers=JSON), 400, "bad_request")
+    assert_error(await post(events, content=b"", headers=JSON), 400, "bad_request")
+    # only application/json bodies are accepted (a cross-site form or text/plain is not)
+    for media in (None, "text/plain", "application/x-www-form-urlencoded"):
+        headers = {"content-type": media} if media else {}
+        r = await post(events, content=b'{"data": 1}', headers=headers)
+        assert r.status_code in (400, 415) and r.json()["error"]["code"] == "bad_request"
+    assert_error(await post(events, json={"data": 1, "evnet": "x"}), 400, "bad_request")
     assert_error(await post(events, json=[1]), 400, "bad_request")
     assert_error(await post(events, json={"event": "a b", "data": 1}), 400, "bad_request")
     assert_error(await post(events, json={"event": "e" * 65, "data": 1}), 400, "bad_request")
@@ -337,16 +345,18 @@ async def test_http_errors_follow_the_contract(http_open: httpx.AsyncClient) -> 
     assert (await post(f"/api/v1/users/{'u' * 64}/events", json={"data": 1})).status_code == 200
     # data at the limit as compact JSON (no spaces), and one byte over it.
     exact = "x" * (KIB64 - 2)
-    r = await post(events, content=json.dumps({"data": exact, "event": None}))
+    r = await post(events, content=json.dumps({"data": exact, "event": None}), headers=JSON)
     assert r.status_code == 200, r.text
     obj = {"a": [1, 2], "pad": ""}
     obj["pad"] = "é" * ((KIB64 - len(json.dumps(obj, separators=(",", ":")).encode())) // 2)
     assert len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()) == KIB64
-    r = await post(events, content=json.dumps({"data": obj}, indent=4))
+    r = await post(events, content=json.dumps({"data": obj}, indent=4), headers=JSON)
     assert r.status_code == 200, r.text
     assert_error(await post(events, json={"data": "x" * (KIB64 - 1)}), 413, "too_large")
     assert_error(
-        await post(events, content=b'{"data": "' + b"x" * (1 << 20) + b'"}'), 413, "too_large"
+        await post(events, content=b'{"data": "' + b"x" * (1 << 20) + b'"}', headers=JSON),
+        413,
+        "too_large",
     )
     history = f"/api/v1/rooms/{room}/history"
     for query in ("limit=0", "limit=-1", "limit=x", "since=abc", "since=-1"):
