@@ -30,8 +30,6 @@ from relay.errors import (
     Unavailable,
 )
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-
 _ERRORS: dict[str, type[RelayError]] = {
     cls.code: cls
     for cls in (

@@ -1,4 +1,9 @@
-"""Options every client command shares, declared once."""
+"""Options every client command shares, declared once.
+
+Imported by every command module when ``relay`` starts, so it imports no client library:
+``cli.client`` (aiohttp, python-socketio's client) is imported only inside the commands that
+connect, and ``relay serve`` never loads it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.client import DEFAULT_URL
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 Url = Annotated[str, typer.Option(envvar="RELAY_URL", help="The relay to connect to.")]
 AsUser = Annotated[
