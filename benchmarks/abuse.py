@@ -204,6 +204,7 @@ async def _monitor(port: int, pid: int, token: str | None) -> None:
         return
     sent: dict[int, float] = {}
     rtts: list[float] = []
+    worst = [0.0, 0.0]  # the slowest round trip, and when it was sent
     ack_errors: list[str] = []
 
     def on_event(packet: bytes) -> None:
@@ -212,6 +213,8 @@ async def _monitor(port: int, pid: int, token: str | None) -> None:
             t = sent.pop(n, None)
             if t is not None:
                 rtts.append((time.monotonic() - t) * 1000)
+                if rtts[-1] > worst[0]:
+                    worst[:] = [rtts[-1], t]
 
     def on_ack(_: int, payload: bytes) -> None:
         code = aa.ack_code(payload)
@@ -221,10 +224,12 @@ async def _monitor(port: int, pid: int, token: str | None) -> None:
     conn.on_event, conn.on_ack = on_event, on_ack
     say({"ready": True})
     await stdin.readline()  # begin
+    t_begin = time.monotonic()
     cpu0, mem0 = aa.proc_cpu_s(pid), aa.proc_mem_kb(pid)
     peak = mem0["VmRSS"]
     running = True
     probes: list[float] = []
+    slowest = [0.0, 0.0]  # the slowest probe, and when it was sent
     probe_failed: list[str] = []
     probing: list[float] = []  # when the probe in flight started
 
@@ -248,6 +253,8 @@ async def _monitor(port: int, pid: int, token: str | None) -> None:
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
                 probe_failed.append(type(exc).__name__)
             probes.append((time.monotonic() - t0) * 1000)
+            if probes[-1] > slowest[0]:
+                slowest[:] = [probes[-1], t0]
             probing.clear()
             await asyncio.sleep(max(0.0, t0 + 0.25 - time.monotonic()))
 
@@ -290,12 +297,14 @@ async def _monitor(port: int, pid: int, token: str | None) -> None:
         "bystander": {
             "sent": window, "received": len(rtts), "lost": len(sent),
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+            "max_sent_at_s": round(worst[1] - t_begin, 2) if rtts else None,
             "errors": aa.counts(ack_errors) if ack_errors else None,
             "disconnected": not conn.is_open,
         },
         "healthz": {
             "probes": len(probes),
             "worst_ms": round(max(probes), 1) if probes else None,
+            "worst_sent_at_s": round(slowest[1] - t_begin, 2) if slowest[0] else None,
             "over_1s": sum(p > 1000 for p in probes),
             "failed": aa.counts(probe_failed) if probe_failed else None,
         },

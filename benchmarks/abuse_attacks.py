@@ -316,6 +316,9 @@ async def open_ws(
             await asyncio.wait_for(asyncio.shield(conn.opened), timeout)
     except TimeoutError:
         pass
+    except BaseException:  # (cancelled: the caller never gets it to close)
+        conn.abort()
+        raise
     return conn
 
 
@@ -374,16 +377,33 @@ class Http:
         self.writer.close()
 
 
-async def http_get(port: int, path: str, src: str, timeout: float = 10.0) -> tuple[int, bytes]:
+async def http_once(
+    port: int,
+    method: str,
+    path: str,
+    src: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
     """One request on a new connection, closed after it."""
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(HOST, port, local_addr=(src, 0), limit=1 << 24), timeout
     )
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n".encode()
+            + body
+        )
         return await asyncio.wait_for(read_response(reader), timeout)
     finally:
         writer.close()
+
+
+async def http_get(port: int, path: str, src: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    return await http_once(port, "GET", path, src, timeout=timeout)
 
 
 # -- what an attack gets to work with --------------------------------------------------------
@@ -670,15 +690,14 @@ async def ping_unread(ctx: Ctx) -> str:
 async def polling_unread(ctx: Ctx) -> str:
     """A long-polling session that never GETs, sent 1,000 x 60 KB ``direct`` messages."""
     n = ctx.n(1000)
-    poll = await Http.open(ctx.port, ATTACKER_IP)
-    ctx.closers.append(poll.close)
-    status, body = await poll.request("GET", POLL_PATH)
+    # (each request on a connection of its own: an idle keep-alive one may time out meanwhile)
+    status, body = await http_get(ctx.port, POLL_PATH, ATTACKER_IP)
     if status != 200 or not body.startswith(b"0"):
         return f"polling handshake refused: {status} {body[:100]!r}"
-    eio = orjson.loads(body[1:])["sid"]
-    session = f"{POLL_PATH}&sid={eio}"
-    status, body = await poll.request(
-        "POST", session, b'40{"user":"victim"}', {"Content-Type": "text/plain;charset=UTF-8"}
+    session = f"{POLL_PATH}&sid={orjson.loads(body[1:])['sid']}"
+    plain = {"Content-Type": "text/plain;charset=UTF-8"}
+    status, body = await http_once(
+        ctx.port, "POST", session, ATTACKER_IP, b'40{"user":"victim"}', plain
     )
     if status != 200:
         return f"polling CONNECT refused: {status} {body[:100]!r}"
@@ -691,7 +710,7 @@ async def polling_unread(ctx: Ctx) -> str:
         codes += [ack_code(a) for a in await asyncio.gather(*acks)][: n - start]
     await ctx.settle(10)
     try:
-        status, body = await poll.request("GET", session, timeout=5)
+        status, body = await http_get(ctx.port, session, ATTACKER_IP, timeout=5)
         left = f"session alive (a GET got {len(body) // 1024:,} KB)" if status == 200 else ""
         left = left or f"session gone (GET: {status})"
     except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
