@@ -740,8 +740,11 @@ async def history_unread(ctx: Ctx) -> str:
 
 
 async def history_flood(ctx: Ctx) -> str:
-    """1,000 messages of 21,000 ``{}`` (63 KB) into 100 rooms, 100 from each of 10 sockets."""
-    total = ctx.n(1000)
+    """2,000 messages of 21,000 ``{}`` (63 KB) into 200 rooms, 100 from each of 20 sockets.
+
+    126 MB of JSON: past the 64 MiB that the fixed relay keeps across rooms by default.
+    """
+    total = ctx.n(2000)
     per_conn = min(100, total)
     rooms = max(1, total // 10)
     body = b"[" + b",".join([b"{}"] * 21_000) + b"]"  # 63,001 bytes of JSON
