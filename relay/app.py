@@ -17,7 +17,7 @@ import socketio
 from socketio import packet as sio_packet
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -27,6 +27,7 @@ from relay.edge import EdgeGuard
 from relay.engine import RelayEngine
 from relay.errors import Unauthorized
 from relay.fastws import FastWebSocketProtocol
+from relay.page import IndexPage
 from relay.service import Relay
 from relay.settings import Settings
 from relay.sio import RelayManager, RelaySocketIO
@@ -176,10 +177,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         }
         return JSONResponse(body)
 
+    index_html = STATIC_DIR / "index.html"
+    page = IndexPage(index_html, settings) if index_html.is_file() else None
+
     async def index(request: Request) -> Response:
-        page = STATIC_DIR / "index.html"
-        if page.is_file():
-            return FileResponse(page, headers={"Cache-Control": "no-cache"})
+        if page is not None:
+            return page.response(request)
         return HTMLResponse(PLACEHOLDER)
 
     api = Api(relay, settings)

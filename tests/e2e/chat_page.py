@@ -7,13 +7,22 @@ Waiting is Playwright's auto-waiting ``expect`` (polls with a deadline), never a
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from playwright.sync_api import Browser, BrowserContext, Dialog, Locator, Page, Playwright, expect
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Dialog,
+    Locator,
+    Page,
+    Playwright,
+    WebSocket,
+    expect,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -53,12 +62,30 @@ class ChatPage:
     errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
     foreign_requests: list[str] = field(default_factory=list)
+    #: text frames the page sent on its websockets, in order (Socket.IO packets: ``42…``)
+    sent_frames: list[str] = field(default_factory=list)
+    #: websockets the page opened
+    sockets_opened: int = 0
 
     def __post_init__(self) -> None:
         host = urlsplit(self.base_url).netloc
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.on("dialog", self._on_dialog)
         self.page.on("request", lambda req: self._on_request(req.url, host))
+        self.page.on("websocket", self._on_websocket)
+
+    def _on_websocket(self, ws: WebSocket) -> None:
+        self.sockets_opened += 1
+        ws.on("framesent", lambda payload: self._on_frame(payload))
+
+    def _on_frame(self, payload: str | bytes) -> None:
+        if isinstance(payload, str):
+            self.sent_frames.append(payload)
+
+    def sent_events(self, event: str) -> list[str]:
+        """The frames that emitted ``event`` (``42<ack id>["event",…]``), in order."""
+        head = f'["{event}",'
+        return [f for f in self.sent_frames if f.startswith("42") and head in f[:40]]
 
     def _on_dialog(self, dialog: Dialog) -> None:
         self.dialogs.append(dialog.message)
@@ -93,9 +120,23 @@ class ChatPage:
 
     # -- actions -------------------------------------------------------------------------------
 
-    def open(self) -> None:
-        self.page.goto(self.base_url + "/")
+    def open(self, path: str = "/") -> None:
+        self.page.goto(self.base_url + path)
         expect(self.page.locator("html[data-ready=true]")).to_have_count(1)
+
+    def sign_in(self, token: str, user: str) -> None:
+        """Paste ``token`` into the token field, press Enter, and wait until connected as it."""
+        field = self.by("token-input")
+        field.fill(token)
+        field.press("Enter")
+        expect(self.by("token-user")).to_have_text(user)
+        expect(self.status).to_have_text("connected")
+
+    def join_room(self, room: str, user: str) -> None:
+        """Join ``room`` as whoever the page is (its token names ``user``)."""
+        self.page.get_by_test_id("room-input").fill(room)
+        self.page.get_by_test_id("join").click()
+        self.wait_joined(user)
 
     def join(self, nickname: str, room: str) -> None:
         """Type a nickname and a room, press join, and wait until we are in it."""
@@ -128,13 +169,20 @@ class ChatPage:
 
 @contextmanager
 def chat_page(
-    browser: Browser, base_url: str, viewport: dict[str, int] | None = None
+    browser: Browser,
+    base_url: str,
+    viewport: dict[str, int] | None = None,
+    path: str = "/",
+    prepare: Callable[[BrowserContext], None] | None = None,
 ) -> Iterator[ChatPage]:
+    """A tab on ``base_url + path``; ``prepare`` sees the context first (to route requests)."""
     context: BrowserContext = browser.new_context(viewport=viewport or DESKTOP)  # type: ignore[arg-type]
     context.set_default_timeout(TIMEOUT_MS)
     try:
+        if prepare is not None:
+            prepare(context)
         chat = ChatPage(context.new_page(), base_url)
-        chat.open()
+        chat.open(path)
         yield chat
     finally:
         context.close()

@@ -1,19 +1,37 @@
-// The chat page: wires the store (state), the connection (socket) and the view (DOM).
+// The chat page: wires the store (state), the connection (socket), the outbox (what we send)
+// and the view (DOM).
 
 import { Connection } from "./connection.js";
-import { forgetToken } from "./credentials.js";
+import {
+  forgetLegacyToken,
+  forgetToken,
+  saveToken,
+  savedToken,
+  serverWantsToken,
+  takeTokenFromUrl,
+  tokenAuth,
+  tokenClaims,
+  tokenFromInput,
+  tokenProblem,
+} from "./credentials.js";
 import { roomNameProblem, userNameProblem } from "./names.js";
-import { Store, senderName } from "./store.js";
+import { Outbox } from "./outbox.js";
+import { Store, senderName, textOf } from "./store.js";
 import * as view from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 const TYPING_SEND_EVERY_MS = 2000;
 const TYPING_SHOWN_MS = 4000;
 const DEFAULT_ROOM = "lobby";
+const SEND_TIMEOUT_MS = 30000;
+/** `join` and `presence` answered `rate_limited` are tried again this many times at most. */
+const MAX_JOIN_WAITS = 20;
 
 const store = new Store();
 const ownSids = new Set(); // every sid this page has had, so our older messages stay "ours"
 let lastTypingSent = 0;
+/** Whether this relay lets connections in only with a token (its page says so, or it refused). */
+let tokenRequired = false;
 
 const conn = new Connection({
   status: onStatus,
@@ -22,10 +40,18 @@ const conn = new Connection({
   event: onServerEvent,
 });
 
+const outbox = new Outbox({
+  send: sendQueued,
+  sent: onSent,
+  failed: (item, error) => fail(item.conv, item.cid, `Not sent: ${error.message}`),
+});
+
 const isOwn = (msg) =>
   Boolean(msg.placeholder || msg.fromAck) ||
   (msg.from?.sid && ownSids.has(msg.from.sid)) ||
-  (msg.from?.user != null && msg.from.user === conn.nickname);
+  (msg.from?.user != null && msg.from.user === conn.user);
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---- rendering shortcuts -------------------------------------------------------------------
 
@@ -34,7 +60,7 @@ function renderSidebar() {
 }
 
 function renderMembers() {
-  view.renderMembers(store.active, conn.id, conn.nickname, openDirect);
+  view.renderMembers(store.active, conn.id, conn.user, openDirect);
 }
 
 function renderTyping() {
@@ -51,6 +77,94 @@ function renderActive() {
   renderSidebar();
 }
 
+function renderIdentity() {
+  const token = savedToken();
+  if (token) {
+    const claims = tokenClaims(token) ?? {};
+    const expires = Number.isFinite(claims.exp) ? new Date(claims.exp * 1000) : null;
+    view.renderIdentity({ mode: "token", user: claims.sub ?? "?", expires, state: conn.state });
+  } else {
+    view.renderIdentity({ mode: tokenRequired ? "ask" : "nickname" });
+  }
+}
+
+// ---- who we are ----------------------------------------------------------------------------
+
+/** The `auth` and name to connect with, or null when a token is needed and there is none. */
+function credentials() {
+  const token = savedToken();
+  if (token) return { auth: tokenAuth(token), user: tokenClaims(token)?.sub ?? null };
+  if (tokenRequired) return null;
+  const nickname = store.nickname;
+  return userNameProblem(nickname) ? null : { auth: { user: nickname }, user: nickname };
+}
+
+/** Connect (or stay connected) as who the page is now; asks for a token when one is needed. */
+function connect() {
+  const who = credentials();
+  if (!who) {
+    if (tokenRequired) askForToken("Enter your access token to connect.", false);
+    return false;
+  }
+  conn.start(who.auth, who.user);
+  renderIdentity();
+  return true;
+}
+
+/** Show the token field, say why, and put it in front of the person. */
+function askForToken(why, isError, banner = "") {
+  tokenRequired = true;
+  renderIdentity();
+  view.setHint("token-hint", why, isError);
+  $("token").setAttribute("aria-invalid", isError ? "true" : "false");
+  if (banner) view.showBanner(banner, "error", { label: "Enter a token", run: showTokenField });
+  showTokenField();
+}
+
+function showTokenField() {
+  if (matchMedia("(max-width: 719px)").matches) setPanel("sidebar");
+  $("token").focus();
+}
+
+function onTokenSubmit(event) {
+  event.preventDefault();
+  const input = $("token");
+  const token = tokenFromInput(input.value);
+  const problem = tokenProblem(token);
+  input.setAttribute("aria-invalid", problem ? "true" : "false");
+  if (problem) {
+    view.setHint("token-hint", problem, true);
+    input.focus();
+    return;
+  }
+  saveToken(token);
+  input.value = "";
+  view.setHint("token-hint", "", false);
+  view.showBanner("");
+  connect();
+  if (store.rooms().length === 0) $("room-input").focus();
+  else {
+    closePanels();
+    $("message-input").focus();
+  }
+}
+
+function signOut() {
+  forgetToken();
+  outbox.close();
+  // Not to be sent later under whoever signs in next: they stay, failed, to retry or discard.
+  for (const item of outbox.clear()) fail(item.conv, item.cid, "Not sent: you signed out.");
+  conn.stop();
+  renderIdentity();
+  renderMembers();
+  if (tokenRequired) {
+    view.setHint("token-hint", "Signed out. Enter a token to connect again.", false);
+    $("token").focus();
+  } else {
+    $("nickname").focus();
+  }
+}
+
 // ---- connection ----------------------------------------------------------------------------
 
 const STATUS_HINTS = {
@@ -60,9 +174,14 @@ const STATUS_HINTS = {
 };
 
 function onStatus(state) {
-  view.renderStatus(state, conn.nickname === null);
+  if (state !== "connected") outbox.close();
+  // Grey, not red, while the page is not trying to connect (no name or token yet).
+  view.renderStatus(state, conn.socket === null);
   document.body.dataset.connection = state; // dims what may be stale (members) when not live
-  if (conn.nickname) setNicknameHint(STATUS_HINTS[state](conn.nickname), false);
+  if (conn.user && !savedToken() && conn.socket) {
+    setNicknameHint(STATUS_HINTS[state](conn.user), false);
+  }
+  renderIdentity();
   if (state === "connected") view.showBanner("");
   else if (state === "offline" && !navigator.onLine) {
     view.showBanner("You are offline. Messages you send go out when you are back.", "info");
@@ -73,14 +192,26 @@ async function onConnected(socket) {
   ownSids.add(socket.id);
   renderMembers();
   // A fresh connection is in no room: (re)join each, resuming after the last offset seen.
+  // The replays show which of our unanswered messages arrived; then the rest go (again).
   await Promise.all(store.rooms().map((conv) => joinRoom(conv)));
+  if (conn.socket === socket && socket.connected) outbox.open();
 }
 
 function onRefused({ code, message }) {
+  outbox.close();
   if (code === "unauthorized") {
+    const hadToken = savedToken() !== null;
     forgetToken();
-    view.showBanner(`The server refused the token (${message}). Join again to use your nickname.`);
-  } else if (code === "bad_request") {
+    let why = "This relay needs an access token to connect.";
+    if (hadToken && /expired/i.test(message)) why = "Your access token has expired.";
+    else if (hadToken) why = `The server refused the token: ${message}.`;
+    const next = hadToken ? "Paste a new one to connect again." : "Paste yours to connect.";
+    askForToken(
+      `${why} ${next}`,
+      true,
+      `${why} Your rooms and unsent messages are kept until you are back.`,
+    );
+  } else if (code === "bad_request" && !savedToken()) {
     setNicknameHint(message, true);
     $("nickname").focus();
   } else {
@@ -88,13 +219,29 @@ function onRefused({ code, message }) {
   }
 }
 
+/**
+ * `request`, sent again after the delay a `rate_limited` answer names (`retry_after_ms`), on
+ * the same connection; rejects when that connection goes meanwhile.
+ */
+async function requestPatiently(event, payload) {
+  const socket = conn.socket;
+  for (let waits = 0; ; waits += 1) {
+    const ack = await conn.request(event, payload);
+    const wait = ack?.ok ? undefined : ack?.error?.retry_after_ms;
+    if (ack?.error?.code !== "rate_limited" || !Number.isFinite(wait) || waits >= MAX_JOIN_WAITS) {
+      return ack;
+    }
+    await sleep(Math.min(60000, Math.max(20, wait)));
+    if (conn.socket !== socket || !socket?.connected) throw new Error("the connection went");
+  }
+}
+
 async function joinRoom(conv) {
   conv.replaying = true;
   let ack;
   try {
-    ack = await conn.request("join", { room: conv.name, since: conv.lastOffset });
+    ack = await requestPatiently("join", { room: conv.name, since: conv.lastOffset });
   } catch {
-    conv.replaying = false;
     return; // the connection dropped meanwhile; the next "connect" rejoins
   } finally {
     conv.replaying = false;
@@ -106,7 +253,7 @@ async function joinRoom(conv) {
   }
   if (ack.offset < conv.lastOffset) {
     // The room restarted from offset 1 (a restarted server): start the room over.
-    conv.messages = [];
+    conv.messages = conv.messages.filter((m) => m.placeholder); // (ours not sent yet stay)
     conv.seen.clear();
     conv.lastOffset = 0;
     if (conv === store.active) view.renderMessages(conv, isOwn);
@@ -114,7 +261,7 @@ async function joinRoom(conv) {
   }
   conv.loaded = true;
   try {
-    const presence = await conn.request("presence", { room: conv.name });
+    const presence = await requestPatiently("presence", { room: conv.name });
     if (presence.ok) conv.setMembers(presence.members);
   } catch {
     return;
@@ -165,14 +312,18 @@ function onTyping(env) {
 function onMessage(env) {
   let conv;
   if (env.room == null) {
-    conv = store.direct(ownSids.has(env.from?.sid) ? { sid: null, user: conn.nickname } : env.from);
+    conv = store.direct(ownSids.has(env.from?.sid) ? { sid: null, user: conn.user } : env.from);
     conv.loaded = true;
   } else {
     conv = store.room(env.room);
     if (!conv) return; // a room we left; late delivery
   }
   const cid = env.data && typeof env.data === "object" ? env.data.cid : undefined;
-  if (cid) settlePending(conv, cid);
+  if (typeof cid === "string" && isOwn(env)) {
+    // Our message, back from the room: it arrived (whatever became of its answer).
+    outbox.remove(cid);
+    settlePending(conv, cid);
+  }
   const index = conv.add(env);
   if (index < 0) return;
   const wasTyping = conv.typing.delete(env.from?.sid);
@@ -193,24 +344,45 @@ function settlePending(conv, cid) {
   const index = conv.messages.findIndex((m) => m.placeholder && m.cid === cid);
   if (index < 0) return;
   conv.messages.splice(index, 1);
-  if (conv === store.active) $("messages").children[index]?.remove();
+  if (conv === store.active) view.removeMessage(conv, index, isOwn);
 }
 
 // ---- sending -------------------------------------------------------------------------------
+
+/** A client id for a message (crypto.randomUUID needs a secure context; this does not). */
+function newCid() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 function sendMessage() {
   const input = $("message-input");
   const text = input.value.trim();
   const conv = store.active;
   if (!text || !conv) return;
-  const cid = crypto.randomUUID();
+  queueMessage(conv, text);
+  input.value = "";
+  autosize(input);
+  lastTypingSent = 0;
+}
+
+/** Show `text` as ours, "sending…", and queue it: it goes out after everything before it. */
+function queueMessage(conv, text) {
+  const cid = newCid();
   const data = { text, cid };
+  const request =
+    conv.kind === "room"
+      ? { event: "publish", payload: { room: conv.name, data } }
+      : {
+          event: "direct",
+          payload: { ...(conv.peer.user ? { user: conv.peer.user } : { to: conv.peer.sid }), data },
+        };
   const pending = {
     id: `local:${cid}`,
     cid,
     room: conv.kind === "room" ? conv.name : null,
     event: "message",
-    from: { sid: conn.id, user: conn.nickname },
+    from: { sid: conn.id, user: conn.user },
     data,
     offset: conv.kind === "room" ? Number.POSITIVE_INFINITY : null,
     ts: Date.now(),
@@ -218,39 +390,43 @@ function sendMessage() {
     pending: true,
   };
   const index = conv.add(pending);
-  view.insertMessage(conv, index, isOwn);
-  input.value = "";
-  autosize(input);
-  lastTypingSent = 0;
+  if (conv === store.active) view.insertMessage(conv, index, isOwn);
+  outbox.enqueue({ cid, conv, ...request });
+}
 
-  const request =
-    conv.kind === "room"
-      ? conn.send("publish", { room: conv.name, data })
-      : conn.send("direct", {
-          ...(conv.peer.user ? { user: conv.peer.user } : { to: conv.peer.sid }),
-          data,
-        });
-  request.then(
-    (ack) => {
-      if (!ack.ok) return fail(conv, cid, `Not sent: ${ack.error.message}`);
-      const sent = {
-        ...pending,
-        id: ack.id,
-        offset: ack.offset ?? null,
-        placeholder: false,
-        pending: false,
-        fromAck: true,
-      };
-      sent.from = { sid: conn.id ?? pending.from.sid, user: conn.nickname };
-      if (conv.kind === "direct" && ack.delivered === 0) {
-        sent.failed = `Not delivered: ${conv.name} is not connected.`;
-      }
-      settlePending(conv, cid);
-      const at = conv.add(sent);
-      if (at >= 0 && conv === store.active) view.insertMessage(conv, at, isOwn);
-    },
-    () => fail(conv, cid, "Not sent: the connection dropped. Send it again."),
-  );
+/** Send one queued message; no answer while still connected is an answer too. */
+async function sendQueued(item) {
+  const socket = conn.socket;
+  try {
+    return await conn.request(item.event, item.payload, SEND_TIMEOUT_MS);
+  } catch (err) {
+    if (socket && conn.socket === socket && socket.connected) {
+      return { ok: false, error: { code: "timeout", message: "the server did not answer in time" } };
+    }
+    throw err; // the connection went: the outbox keeps it for the next one
+  }
+}
+
+function onSent(item, ack) {
+  const { conv, cid } = item;
+  const index = conv.messages.findIndex((m) => m.placeholder && m.cid === cid);
+  if (index < 0) return; // the room showed it already
+  const pending = conv.messages[index];
+  const sent = {
+    ...pending,
+    id: ack.id,
+    offset: ack.offset ?? null,
+    placeholder: false,
+    pending: false,
+    fromAck: true,
+    from: { sid: conn.id ?? pending.from.sid, user: conn.user },
+  };
+  if (conv.kind === "direct" && ack.delivered === 0) {
+    sent.failed = `Not delivered: ${conv.name} is not connected.`;
+  }
+  settlePending(conv, cid);
+  const at = conv.add(sent);
+  if (at >= 0 && conv === store.active) view.insertMessage(conv, at, isOwn);
 }
 
 function fail(conv, cid, reason) {
@@ -258,6 +434,38 @@ function fail(conv, cid, reason) {
   if (index < 0) return;
   conv.messages[index] = { ...conv.messages[index], pending: false, failed: reason };
   if (conv === store.active) view.replaceMessage(conv, index, isOwn);
+}
+
+/** The failed message `cid` of the open conversation, and its index. */
+function failedMessage(cid) {
+  const conv = store.active;
+  const index = conv ? conv.messages.findIndex((m) => m.cid === cid && m.failed) : -1;
+  return index < 0 ? null : { conv, index, message: conv.messages[index] };
+}
+
+/** Send a failed message again: it leaves its place and goes last, as if written now. */
+function retryMessage(cid) {
+  const found = failedMessage(cid);
+  if (!found) return;
+  discardMessage(cid);
+  queueMessage(found.conv, textOf(found.message.data));
+  $("message-input").focus();
+}
+
+function discardMessage(cid) {
+  const found = failedMessage(cid);
+  if (!found) return;
+  found.conv.messages.splice(found.index, 1);
+  view.removeMessage(found.conv, found.index, isOwn);
+  $("message-input").focus();
+}
+
+function onMessageAction(event) {
+  const button = event.target.closest("button[data-action]");
+  const cid = button?.closest("[data-cid]")?.dataset.cid;
+  if (!cid) return;
+  if (button.dataset.action === "retry") retryMessage(cid);
+  else if (button.dataset.action === "discard") discardMessage(cid);
 }
 
 function sendTyping() {
@@ -290,6 +498,7 @@ function closeConversation(key, tellServer = true) {
   if (conv.kind === "room" && tellServer && conn.id) {
     conn.request("leave", { room: conv.name }).catch(() => {});
   }
+  for (const m of conv.messages) if (m.placeholder) outbox.remove(m.cid); // (not sent: dropped)
   const wasActive = store.activeKey === key;
   store.remove(key);
   if (wasActive) {
@@ -325,14 +534,10 @@ function setNicknameHint(text, invalid) {
   view.setHint("nickname-hint", text, invalid);
 }
 
-function connectAs(nickname) {
-  conn.start(nickname);
-}
-
 function onJoinSubmit(event) {
   event.preventDefault();
-  const nickname = checkedNickname();
-  if (!nickname) return;
+  const byToken = savedToken() !== null || tokenRequired; // (the token names us)
+  if (!byToken && !checkedNickname()) return;
   const input = $("room-input");
   const room = input.value.trim() || DEFAULT_ROOM;
   const problem = roomNameProblem(room);
@@ -342,21 +547,19 @@ function onJoinSubmit(event) {
     input.focus();
     return;
   }
-  connectAs(nickname);
   let conv = store.room(room);
-  if (!conv) {
-    conv = store.room(room, true);
-    if (conn.id) joinRoom(conv); // else the coming "connect" joins it
-  }
+  const isNew = !conv;
+  if (isNew) conv = store.room(room, true);
   input.value = "";
   openConversation(conv.key);
+  connect(); // (asks for a token when one is needed: the room is joined once connected)
+  if (isNew && conn.id) joinRoom(conv); // else the coming "connect" joins it
 }
 
 function onNicknameSubmit(event) {
   event.preventDefault();
-  const nickname = checkedNickname();
-  if (!nickname) return;
-  connectAs(nickname);
+  if (!checkedNickname()) return;
+  connect();
   if (store.rooms().length === 0) $("room-input").focus();
 }
 
@@ -387,21 +590,24 @@ function autosize(textarea) {
 function start() {
   $("join-form").addEventListener("submit", onJoinSubmit);
   $("nickname-form").addEventListener("submit", onNicknameSubmit);
+  $("token-form").addEventListener("submit", onTokenSubmit);
+  $("sign-out").addEventListener("click", signOut);
+  $("messages").addEventListener("click", onMessageAction);
   $("nickname").addEventListener("input", () => {
     const value = $("nickname").value.trim();
     const problem = value ? userNameProblem(value) : "";
     $("nickname").setAttribute("aria-invalid", problem ? "true" : "false");
     if (problem) setNicknameHint(problem, true);
-    else if (value && value === conn.nickname) setNicknameHint(STATUS_HINTS[conn.state](value), false);
-    else if (conn.nickname) setNicknameHint("Press Enter to switch to this name.", false);
+    else if (value && value === conn.user) setNicknameHint(STATUS_HINTS[conn.state](value), false);
+    else if (conn.user) setNicknameHint("Press Enter to switch to this name.", false);
     else setNicknameHint("Press Enter or join a room.", false);
   });
   $("nickname").addEventListener("change", () => {
     // Renaming while connected reconnects under the new name; rooms are rejoined with `since`.
     const nickname = $("nickname").value.trim();
-    if (conn.nickname && nickname !== conn.nickname && !userNameProblem(nickname)) {
+    if (conn.user && !savedToken() && nickname !== conn.user && !userNameProblem(nickname)) {
       store.nickname = nickname;
-      connectAs(nickname);
+      connect();
     }
   });
   $("room-input").addEventListener("input", () => {
@@ -443,6 +649,11 @@ function start() {
     }
   }, 1000);
 
+  // A token in the link (`#token=...`) leaves the address bar before anything else runs.
+  forgetLegacyToken();
+  takeTokenFromUrl();
+  tokenRequired = serverWantsToken();
+
   // Restore the last session: nickname, rooms (history comes back with the joins), open room.
   const nickname = store.nickname;
   $("nickname").value = nickname;
@@ -451,9 +662,12 @@ function start() {
   const first = (saved && store.room(saved)) || store.rooms()[0];
   if (first) store.activate(first.key);
   renderActive();
-  if (nickname && !userNameProblem(nickname)) connectAs(nickname);
+  renderIdentity();
+  const narrow = matchMedia("(max-width: 719px)").matches;
+  if (savedToken() || (!tokenRequired && nickname && !userNameProblem(nickname))) connect();
+  else if (tokenRequired) showTokenField(); // (the one thing to do first)
   else setNicknameHint("Letters, digits and _ - . : @ / (up to 64).", false);
-  if (!store.active && matchMedia("(max-width: 719px)").matches) setPanel("sidebar");
+  if (!store.active && narrow) setPanel("sidebar");
   document.documentElement.dataset.ready = "true";
 }
 

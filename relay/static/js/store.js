@@ -22,12 +22,16 @@ export function textOf(data) {
   return JSON.stringify(data);
 }
 
-/** A display name for a sender ({sid, user}); HTTP API and CLI senders have no sid. */
+/**
+ * A display name for a sender ({sid, user}), the one `relay listen` prints (cli/render.py
+ * `sender_text`): the user; `anon-` and the sid's first 6 characters for a connection without
+ * one; `api` for the HTTP API, whose messages have neither.
+ */
 export function senderName(from) {
-  if (!from) return "relay";
-  if (from.user) return from.user;
-  if (from.sid) return `guest-${from.sid.slice(0, 4)}`;
-  return "relay";
+  if (!from || typeof from !== "object") return "?";
+  if (from.user) return String(from.user);
+  if (from.sid) return `anon-${String(from.sid).slice(0, 6)}`;
+  return "api";
 }
 
 export class Conversation {
@@ -49,10 +53,17 @@ export class Conversation {
   /**
    * Add a message; answer its index, or -1 when it is already here.
    * `message` is an envelope; our own sends add `cid`, `placeholder` (shown before the ack),
-   * `pending`, `failed` and `fromAck`.
+   * `pending`, `failed` (why it was not sent or not delivered), `request` (what to send again
+   * to retry it) and `fromAck`.
    */
   add(message) {
     const ids = [`id:${message.id}`];
+    // A message the page sent again, not knowing whether the first went out (its connection
+    // dropped before the answer), has a new id but the same client id from the same sender.
+    const cid = message.data && typeof message.data === "object" ? message.data.cid : undefined;
+    if (!message.placeholder && typeof cid === "string" && cid) {
+      ids.push(`cid:${message.from?.user ?? message.from?.sid ?? ""}:${cid}`);
+    }
     if (this.kind === "room" && Number.isInteger(message.offset)) {
       ids.push(`offset:${message.offset}`);
       // Our own message known from its ack, not from the room: messages before it may still

@@ -13,7 +13,9 @@ export function el(tag, props = {}, ...children) {
     if (value === undefined || value === null || value === false) continue;
     if (key === "class") node.className = value;
     else if (key === "text") node.textContent = value;
-    else if (key === "data") for (const [k, v] of Object.entries(value)) node.dataset[k] = v;
+    else if (key === "data") {
+      for (const [k, v] of Object.entries(value)) if (v !== false) node.dataset[k] = v;
+    }
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : value);
   }
@@ -29,7 +31,7 @@ function hue(name) {
 
 /** A coloured initial. Drawn by CSS from data-initial so it adds nothing to text content. */
 export function avatar(name) {
-  const initial = [...name.replace(/^guest-/, "")][0]?.toUpperCase() ?? "?";
+  const initial = [...name.replace(/^anon-/, "")][0]?.toUpperCase() ?? "?";
   return el("span", {
     class: "avatar",
     "aria-hidden": "true",
@@ -77,13 +79,19 @@ function messageNode(msg, prev, isOwn) {
     el("time", { datetime: when.toISOString(), title: fullFormat.format(when), text: timeFormat.format(when) }),
   );
   let note = null;
-  if (msg.pending) note = "sending…";
-  else if (msg.failed) note = msg.failed;
+  if (msg.pending) note = el("span", { class: "msg__note", text: "sending…" });
+  else if (msg.failed) note = failedNote(msg);
   return el(
     "li",
     {
       class: classes.join(" "),
-      data: { testid: "message", id: msg.id ?? "", offset: msg.offset ?? "", from: name },
+      data: {
+        testid: "message",
+        id: msg.id ?? "",
+        offset: msg.offset ?? "",
+        from: name,
+        cid: msg.cid ?? false,
+      },
     },
     avatar(name),
     el(
@@ -91,8 +99,43 @@ function messageNode(msg, prev, isOwn) {
       { class: "msg__body" },
       meta,
       el("p", { class: "msg__text", data: { testid: "message-text" }, text: textOf(msg.data) }),
-      note && el("span", { class: "msg__note", text: note }),
+      note,
     ),
+  );
+}
+
+/**
+ * Why our message did not go, and what to do: Retry (sends it again, last) or Discard. Plain
+ * buttons, so Tab reaches them and Enter or Space presses them; main.js listens on the list.
+ */
+function failedNote(msg) {
+  const text = textOf(msg.data);
+  const short = text.length > 40 ? `${text.slice(0, 40)}…` : text;
+  const actions = msg.cid
+    ? el(
+        "span",
+        { class: "msg__actions" },
+        el("button", {
+          type: "button",
+          class: "link-button",
+          data: { action: "retry", testid: "retry" },
+          "aria-label": `Retry sending: ${short}`,
+          text: "Retry",
+        }),
+        el("button", {
+          type: "button",
+          class: "link-button link-button--quiet",
+          data: { action: "discard", testid: "discard" },
+          "aria-label": `Discard: ${short}`,
+          text: "Discard",
+        }),
+      )
+    : null;
+  return el(
+    "span",
+    { class: "msg__note" },
+    el("span", { data: { testid: "failed" }, text: msg.failed }),
+    actions,
   );
 }
 
@@ -125,6 +168,16 @@ export function insertMessage(conv, index, isOwn) {
     const next = conv.messages[index + 1];
     if (next) list.children[index + 1].replaceWith(messageNode(next, conv.messages[index], isOwn));
   });
+}
+
+/** Take message node `index` away (its message is gone) and regroup the one now there. */
+export function removeMessage(conv, index, isOwn) {
+  const list = $("messages");
+  list.children[index]?.remove();
+  const now = conv.messages[index];
+  if (now && list.children[index]) {
+    list.children[index].replaceWith(messageNode(now, conv.messages[index - 1], isOwn));
+  }
 }
 
 /** Replace the node of message `index` (a pending message got its ack, or failed). */
@@ -277,10 +330,24 @@ export function renderHeader(conv) {
     : "Join a room to start chatting";
 }
 
-/** A transient notice above the messages (connection refused, send failed…). */
-export function showBanner(text, kind = "error") {
+/**
+ * A transient notice above the messages (connection refused, send failed…), with a button
+ * when there is one thing to do about it (`action`: {label, run}).
+ */
+export function showBanner(text, kind = "error", action = null) {
   const node = $("banner");
-  node.textContent = text;
+  node.replaceChildren(el("span", { class: "banner__text", text }));
+  if (action) {
+    node.append(
+      el("button", {
+        type: "button",
+        class: "button button--small",
+        data: { testid: "banner-action" },
+        text: action.label,
+        onclick: action.run,
+      }),
+    );
+  }
   node.dataset.kind = kind;
   node.hidden = !text;
 }
@@ -289,4 +356,34 @@ export function setHint(id, text, invalid) {
   const hint = $(id);
   hint.textContent = text;
   hint.classList.toggle("hint--error", Boolean(invalid));
+}
+
+const STATE_TEXT = { connected: "Connected.", reconnecting: "Connecting…", offline: "Offline." };
+
+function expiryText(expires) {
+  if (!expires) return "The token does not expire.";
+  const sameDay = expires.toDateString() === new Date().toDateString();
+  const format = new Intl.DateTimeFormat(
+    undefined,
+    sameDay ? { timeStyle: "short" } : { dateStyle: "medium", timeStyle: "short" },
+  );
+  return `The token is valid until ${format.format(expires)}.`;
+}
+
+/**
+ * Who the page is: a nickname field (open mode), a token field (`mode` "ask": the relay wants a
+ * token and the page has none), or the token's user (`mode` "token").
+ */
+export function renderIdentity({ mode, user = "", expires = null, state = "offline" }) {
+  $("nickname-form").hidden = mode !== "nickname";
+  $("token-form").hidden = mode !== "ask";
+  $("token-signed").hidden = mode !== "token";
+  if (mode === "token") {
+    $("token-user").textContent = user;
+    $("token-status").textContent = `${STATE_TEXT[state] ?? ""} ${expiryText(expires)}`;
+  }
+  $("welcome-text").textContent =
+    mode === "nickname"
+      ? "Pick a nickname, join a room, and everyone in it sees your messages instantly."
+      : "Join a room, and everyone in it sees your messages instantly. This relay lets people in with an access token.";
 }
