@@ -39,6 +39,13 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 DEFAULT_KIT = (ROOT.parent / "shared" / "bench").resolve()
 SCENARIOS = ("broadcast", "ramp", "unicast", "idle", "connect", "connect-own")
+#: every benchmark client connects from 127.0.0.1, by the thousand: relay's edge limits (per IP,
+#: connects per IP per second, and connections in total) would refuse most of them
+NO_EDGE_LIMITS = {
+    "RELAY_MAX_CONNECTIONS": "0",
+    "RELAY_MAX_CONNECTIONS_PER_IP": "0",
+    "RELAY_CONNECT_RATE": "0",
+}
 
 
 def free_port() -> int:
@@ -107,7 +114,13 @@ def start_relay(
     extra_env: dict[str, str], cwd: Path = ROOT, name: str = "relay", python: str = sys.executable
 ) -> Server:
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "RELAY_HOST": "127.0.0.1", **extra_env}
+    env = {
+        **os.environ,
+        **NO_EDGE_LIMITS,
+        "PORT": str(port),
+        "RELAY_HOST": "127.0.0.1",
+        **extra_env,
+    }
     env["PYTHONPATH"] = str(cwd)  # that checkout's relay, not the installed one
     cmd = [python, "-m", "cli.main", "serve"]
     return _start(name, cmd, env, re.compile(r"running on https?://[^:]+:(\d+)"), port, cwd)

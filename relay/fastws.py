@@ -10,6 +10,16 @@ extension ``scope["extensions"]["relay.fastws"]``: the protocol object itself, w
   :attr:`FastWebSocketProtocol.drop_reason` says why (backpressure: a client that stops reading
   never grows the server's memory without bound, and never slows anyone else down).
 
+The limit holds on every way out (queued frames, a broadcast's frames, pongs, ASGI sends, the
+Socket.IO CONNECT answer), checked before more is held: while what waits fits in the ``room``
+left under the limit (the limit less the transport's high-water mark, or nothing once the
+transport's buffer is past that mark) it costs one comparison; past it, what waits goes to the
+transport at once in bounded pieces (:meth:`FastWebSocketProtocol.write_bounded`), each only
+while the transport's buffer, what the kernel did not take, leaves room for it. A client that
+reads loses nothing however much one loop iteration sends it; one that does not is dropped
+holding at most the limit (or one frame). Only a close frame (one per connection) and the
+handshake's answer are written past it.
+
 Frames the application sends through ASGI ``websocket.send``/``close`` go out after anything
 already queued on the fast path, so a connection's frames keep their order.
 """
@@ -27,11 +37,20 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
+import httptools
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr, is_ssl
-from websockets.speedups import apply_mask
+
+from relay.edge import EdgeGuard, forwarded_ip, guard_of, refusal
+from relay.errors import BadRequest
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover  (a websockets built without its C extension)
+    # the same XOR in pure Python: linear too (one big-integer XOR), about 10x slower
+    from websockets.utils import apply_mask
 
 EXTENSION = "relay.fastws"
 
@@ -43,6 +62,10 @@ log = logging.getLogger("relay.fastws")
 ws_log = logging.getLogger("relay.ws")
 if ws_log.level == logging.NOTSET:
     ws_log.setLevel(logging.WARNING)
+
+#: fragments one message may arrive in: official clients send every message in one frame, so
+#: this only stops a flood of tiny fragments (each also counts its header toward ``max_size``)
+MAX_FRAGMENTS = 1024
 
 _U16 = struct.Struct("!BBH")
 _U64 = struct.Struct("!BBQ")
@@ -100,11 +123,20 @@ class Flusher:
             proto.pending = None
             if proto.close_sent or proto.disconnected:
                 continue
-            data = queued if queued.__class__ is bytes else b"".join(queued)
-            if proto.paused and proto.over_limit(len(data)):
-                continue
             try:  # (free unless it raises; one bad connection must not stall the others)
-                proto.transport.write(data)
+                # the bound: what fits in ``room`` is written in one piece without looking;
+                # more (a broadcast's frames are counted only here) goes in bounded pieces
+                if queued.__class__ is bytes:
+                    if len(queued) <= proto.room:
+                        proto.transport.write(queued)
+                    else:
+                        proto.write_bounded(queued)
+                else:
+                    proto.queued = 0
+                    if sum(map(len, queued)) <= proto.room:
+                        proto.transport.write(b"".join(queued))
+                    else:
+                        proto.write_bounded(queued)
             except RuntimeError:  # the transport closed under us: connection_lost follows
                 pass
             except Exception:
@@ -140,22 +172,6 @@ def flusher_for(loop: asyncio.AbstractEventLoop) -> Flusher:
             del _flushers[old]
         flusher = _flushers[loop] = Flusher(loop)
     return flusher
-
-
-def queue_frame(proto: FastWebSocketProtocol, data: bytes, flusher: Flusher) -> None:
-    """Queue ``data`` on ``proto`` for ``flusher``'s next flush (the caller schedules it).
-
-    Inline this in loops over many connections (see :mod:`relay.transport`): it is the whole
-    per-recipient cost of a broadcast besides the write itself.
-    """
-    queued = proto.pending
-    if queued is None:
-        proto.pending = data
-        flusher.dirty.append(proto)
-    elif queued.__class__ is list:
-        queued.append(data)
-    else:
-        proto.pending = [queued, data]
 
 
 class Inbox:
@@ -242,21 +258,28 @@ class FastWebSocketProtocol(asyncio.Protocol):
         "config",
         "disconnected",
         "drop_reason",
+        "edge",
+        "edge_ip",
         "flusher",
         "fragment_op",
+        "fragment_size",
         "fragments",
         "handshake_complete",
         "inbox",
         "limit",
         "loop",
         "max_size",
+        "need",
         "on_close",
         "on_message",
         "paused",
         "pending",
+        "queued",
         "read_paused",
         "response",
         "rest",
+        "room",
+        "room_unpaused",
         "scope",
         "server_state",
         "transport",
@@ -296,9 +319,13 @@ class FastWebSocketProtocol(asyncio.Protocol):
         self.read_paused = False
         #: a denial response being assembled (``websocket.http.response.*``)
         self.response: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
-        #: unparsed input (a frame's first part), and the fragments of a message in progress
-        self.rest = b""
+        #: unparsed input (a frame's first part) and how many bytes of it the parser needs
+        #: before it can make progress; the fragments of a message in progress, their size on
+        #: the wire (headers included) and the message's opcode
+        self.rest: bytearray | None = None
+        self.need = 0
         self.fragments: list[bytes] | None = None
+        self.fragment_size = 0
         self.fragment_op = 0
         #: set by :meth:`detach`
         self.on_message: Callable[[str | bytes], None] | None = None
@@ -308,11 +335,22 @@ class FastWebSocketProtocol(asyncio.Protocol):
         #: frames queued in this loop iteration: None, one frame (bytes), or a list of frames
         #: (typed Any: the hot loops tell them apart by ``__class__``, which mypy cannot follow)
         self.pending: Any = None
+        #: bytes in ``pending`` while it is a list, as far as write_frame counted them (frames a
+        #: broadcast adds, :mod:`relay.transport`, are counted by the flush); 0 otherwise
+        self.queued = 0
         #: the transport's buffer is over its high-water mark (checked against ``limit``)
         self.paused = False
+        #: bytes that may be queued without looking at the transport's buffer: ``limit`` less
+        #: the buffer's high-water mark while writing is not paused (the buffer is under the
+        #: mark then), 0 while it is (then every write looks)
+        self.room_unpaused = self.room = self.LIMIT - 64 * 1024
         self.flusher = flusher_for(self.loop)
         self.drop_reason: str | None = None
         self.limit = self.LIMIT
+        #: the edge guard counting this TCP connection (handed over by HttpProtocol at the
+        #: upgrade; released once, when the connection is lost), and the IP it counts it under
+        self.edge: EdgeGuard | None = None
+        self.edge_ip: str | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -340,11 +378,16 @@ class FastWebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
+        edge = self.edge
+        if edge is not None:
+            self.edge = None
+            edge.release(self.edge_ip)
         code = 1005 if self.handshake_complete else 1006
         self.handshake_complete = True
         self.disconnected = True
         self.pending = None
-        self.rest = b""
+        self.queued = 0
+        self.rest = None
         self.fragments = None
         if self.close_timer is not None:
             self.close_timer.cancel()
@@ -359,9 +402,11 @@ class FastWebSocketProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.room = 0
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.room = self.room_unpaused
         self._wake_writer()
 
     def _wake_writer(self) -> None:
@@ -380,7 +425,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
             self.transport.close()
             return
         if self.handshake_complete:
-            self.flush()
+            if not self.flush():  # dropped: what was queued was over the limit
+                return
             self.close_sent = True
             self.transport.write(close_frame(1012))
             self._closed(1012, "")
@@ -527,8 +573,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
             return
         if self.close_sent:
             raise ClientDisconnected()
-        if self.pending is not None:
-            self.flush()
+        if self.pending is not None and not self.flush():
+            raise ClientDisconnected()  # dropped: what was queued was over the limit
         if self.paused and not self.disconnected:
             waiter = self.waiter = self.loop.create_future()
             await waiter
@@ -536,10 +582,9 @@ class FastWebSocketProtocol(asyncio.Protocol):
                 raise ClientDisconnected()
         if kind == "websocket.send":
             data = message.get("bytes")
-            if data is not None:
-                self.transport.write(binary_frame(data))
-            else:
-                self.transport.write(text_frame(message.get("text") or ""))
+            out = binary_frame(data) if data is not None else text_frame(message.get("text") or "")
+            if not self.write_bounded(out):
+                raise ClientDisconnected()
         elif kind == "websocket.close":
             self.close(message.get("code", 1000), message.get("reason") or "")
         else:
@@ -658,9 +703,16 @@ class FastWebSocketProtocol(asyncio.Protocol):
     # -- frames in -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.rest:
-            data = self.rest + data
-            self.rest = b""
+        rest = self.rest
+        if rest is not None:
+            # a frame's first part is waiting: gather reads in place (amortized linear, where
+            # ``rest + data`` copied everything so far on every read) until the part of the
+            # frame that was missing is there, then parse the whole once
+            rest += data
+            if len(rest) < self.need:
+                return
+            self.rest = None
+            data = bytes(rest)
         elif data[:1] == b"\x81" and self.fragments is None and self.on_message is not None:
             # the commonest read, alone: exactly one whole, final, masked text frame under
             # 64 KiB, no message in fragments, nothing left over (93 bytecodes where the
@@ -685,6 +737,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
                 return
         n = len(data)
         pos = 0
+        want = 0  # (where the frame that does not fit in ``data`` would end, at least)
         while n - pos >= 2 and not self.close_sent:
             b0 = data[pos]
             b1 = data[pos + 1]
@@ -698,20 +751,36 @@ class FastWebSocketProtocol(asyncio.Protocol):
             head = pos + 6
             if size == 126:
                 if n - pos < 8:
+                    want = pos + 8
                     break
                 size = int.from_bytes(data[pos + 2 : pos + 4], "big")
                 head = pos + 8
             elif size == 127:
                 if n - pos < 14:
+                    want = pos + 14
                     break
                 size = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 head = pos + 14
             opcode = b0 & 0x0F
-            if opcode < 8 and size + (self._fragmented() if opcode == 0 else 0) > self.max_size:
-                self.fail(1009, f"message over {self.max_size} bytes")
-                return
+            if opcode == 0:
+                # a continuation: its size on the wire, header included, counts toward the
+                # message's limit (so an empty fragment is not free), and a message has at
+                # most MAX_FRAGMENTS of them (the running total keeps this O(1) per frame)
+                total = self.fragment_size + (head - pos) + size
+                if total > self.max_size:
+                    self.fail(1009, f"message over {self.max_size} bytes")
+                    return
+                if self.fragments is not None and len(self.fragments) >= MAX_FRAGMENTS:
+                    self.fail(1009, f"message in over {MAX_FRAGMENTS} fragments")
+                    return
+            elif opcode < 8:
+                if size > self.max_size:
+                    self.fail(1009, f"message over {self.max_size} bytes")
+                    return
+                total = (head - pos) + size
             end = head + size
             if end > n:
+                want = end
                 break
             payload = apply_mask(data[head:end], data[head - 4 : head]) if size else b""
             pos = end
@@ -723,8 +792,9 @@ class FastWebSocketProtocol(asyncio.Protocol):
                     self._on_close_frame(payload)
                     return
                 if opcode == 0x9:
-                    self.flush()
-                    self.transport.write(frame(0xA, payload))
+                    # queued like any frame: a client that pings and never reads is held to
+                    # ``limit`` (the loop ends once it is dropped)
+                    self.write_frame(frame(0xA, payload))
                 elif opcode != 0xA:
                     self.fail(1002, f"unknown opcode {opcode}")
                     return
@@ -735,9 +805,11 @@ class FastWebSocketProtocol(asyncio.Protocol):
                     self.fail(1002, "a continuation frame without a message to continue")
                     return
                 fragments.append(payload)
+                self.fragment_size = total
                 if not b0 & 0x80:
                     continue
                 self.fragments = None
+                self.fragment_size = 0
                 opcode = self.fragment_op
                 payload = b"".join(fragments)
             elif opcode > 2:
@@ -748,6 +820,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
                 return
             elif not b0 & 0x80:
                 self.fragments = [payload]
+                self.fragment_size = total
                 self.fragment_op = opcode
                 continue
             if opcode == 1:
@@ -768,10 +841,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
                     self.read_paused = True
                     self.transport.pause_reading()
         if pos < n and not self.close_sent:
-            self.rest = data[pos:]
-
-    def _fragmented(self) -> int:
-        return sum(len(f) for f in self.fragments) if self.fragments else 0
+            self.rest = bytearray(memoryview(data)[pos:])
+            self.need = want - pos if want > pos else 2
 
     def _on_close_frame(self, payload: bytes) -> None:
         if len(payload) == 1:
@@ -785,7 +856,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
                 self.close_timer = None
             self.transport.close()
             return
-        self.flush()
+        if not self.flush():  # dropped: what was queued was over the limit
+            return
         self.close_sent = True
         self.transport.write(close_frame(code) if payload else frame(0x8, b""))
         self.transport.close()
@@ -793,10 +865,13 @@ class FastWebSocketProtocol(asyncio.Protocol):
 
     def fail(self, code: int, reason: str) -> None:
         """A protocol error: close with ``code`` at once (RFC 6455 §7.1.7)."""
+        if self.close_sent:  # (dropped while reading this input: nothing more to say)
+            return
         if ws_log.isEnabledFor(logging.INFO):
             ws_log.info("closing websocket %s: %s", self.client, reason)
         self.pending = None
-        self.rest = b""
+        self.queued = 0
+        self.rest = None
         self.fragments = None
         self.close_sent = True
         self.transport.write(close_frame(code, reason))
@@ -807,8 +882,10 @@ class FastWebSocketProtocol(asyncio.Protocol):
         """Start the closing handshake (the client's answer, or a timeout, ends it)."""
         if self.close_sent or self.disconnected:
             return
-        self.flush()
+        if not self.flush():  # dropped: what was queued was over the limit
+            return
         self.close_sent = True
+        # (a close frame is written past the limit: one per connection)
         self.transport.write(close_frame(code, reason))
         if self.read_paused:
             self.read_paused = False
@@ -825,21 +902,55 @@ class FastWebSocketProtocol(asyncio.Protocol):
     def set_limit(self, limit: int) -> None:
         """Drop the connection once more than ``limit`` bytes wait to be sent to it."""
         self.limit = limit
+        # the transport tells us (pause_writing) once its buffer passes this mark; under it,
+        # no write has to look at the buffer's size while what it adds fits in ``room``
+        high = max(1, min(limit // 2, 64 * 1024))
+        self.room_unpaused = limit - high
+        if not self.paused:
+            self.room = self.room_unpaused
         if self.transport is not None:
-            # the transport tells us (pause_writing) once its buffer passes this mark; under
-            # it, no flush has to look at the buffer's size
-            high = max(1, min(limit // 2, 64 * 1024))
             self.transport.set_write_buffer_limits(high=high, low=high // 2)
 
     def write_frame(self, data: bytes) -> bool:
-        """Queue one pre-encoded frame; False when the connection is gone or was dropped."""
+        """Queue one pre-encoded frame; False when the connection is gone or was dropped.
+
+        Frames are counted as they are queued: once more than ``room`` waits, what waits is
+        handed to the transport at once (:meth:`write_bounded`: the kernel takes what it can),
+        so one read that makes many frames (replays, answers, pongs) never holds more than
+        ``limit`` for a client that does not read; such a client is dropped (:meth:`overflow`).
+        """
         if self.close_sent or self.disconnected:
             return False
         flusher = self.flusher
-        queue_frame(self, data, flusher)
+        queued = self.pending
+        if queued is None:
+            # the first frame since the flush: the flush itself checks it (one frame is
+            # bounded), so the commonest case (one frame per connection) counts nothing here
+            self.pending = data
+            flusher.dirty.append(self)
+        elif queued.__class__ is list:
+            size = self.queued + len(data)
+            if size > self.room:
+                return self._write_through(queued, data)
+            self.queued = size
+            queued.append(data)
+        else:
+            size = len(queued) + len(data)
+            if size > self.room:
+                return self._write_through([queued, data])
+            self.queued = size
+            self.pending = [queued, data]
         if not flusher.scheduled:
             flusher.schedule()
         return True
+
+    def write_now(self, data: bytes) -> bool:
+        """Write one frame at once when nothing is queued before it and it fits under
+        ``limit`` without looking; else queue it (:meth:`write_frame`)."""
+        if self.pending is None and len(data) <= self.room and self.open:
+            self.transport.write(data)
+            return True
+        return self.write_frame(data)
 
     def buffered(self) -> int:
         """Bytes accepted for this connection and not yet handed to the kernel."""
@@ -849,35 +960,61 @@ class FastWebSocketProtocol(asyncio.Protocol):
         elif queued.__class__ is bytes:
             size = len(queued)
         else:
-            size = sum(len(f) for f in queued)
+            size = sum(map(len, queued))
         return size + self.transport.get_write_buffer_size()
 
-    def over_limit(self, extra: int) -> bool:
-        """True (and the connection dropped) when ``extra`` more bytes would pass ``limit``."""
-        size = self.transport.get_write_buffer_size() + extra
-        if size <= self.limit:
-            return False
-        self.overflow(size)
+    def _write_through(self, queued: list[bytes], data: bytes | None = None) -> bool:
+        """More than ``room`` would be queued: write what is, and ``data``, now (bounded)."""
+        self.pending = None  # (the flusher skips it now)
+        self.queued = 0
+        if data is not None:
+            queued.append(data)
+        return self.write_bounded(queued)
+
+    def write_bounded(self, frames: list[bytes] | bytes) -> bool:
+        """Write ``frames`` in pieces of at most ``room`` bytes (or one frame), each only while
+        the transport's buffer (what the kernel did not take) leaves it room under ``limit``:
+        else drop the connection (:meth:`overflow`) and return False. A reader that keeps up
+        loses nothing however much one loop iteration sends it (the kernel takes it); one that
+        does not costs at most ``limit`` (or one frame) past the kernel's buffers."""
+        items = [frames] if isinstance(frames, bytes) else frames
+        transport = self.transport
+        step = max(self.room_unpaused, 1)
+        batch: list[bytes] = []
+        size = 0
+        last = len(items) - 1
+        for i, data in enumerate(items):
+            batch.append(data)
+            size += len(data)
+            if size < step and i < last:
+                continue
+            held = transport.get_write_buffer_size()
+            if held and held + size > self.limit:
+                self.overflow(held + size)
+                return False
+            transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+            batch = []
+            size = 0
         return True
 
-    def flush(self) -> None:
-        """Write what is queued now (before a frame that does not go through the queue)."""
+    def flush(self) -> bool:
+        """Write what is queued now (before a frame that does not go through the queue);
+        False when that dropped the connection (it was over ``limit``)."""
         queued = self.pending
         if queued is None:
-            return
+            return True
         self.pending = None
+        self.queued = 0
         if self.close_sent or self.disconnected or self.transport.is_closing():
-            return
-        data = queued if queued.__class__ is bytes else b"".join(queued)
-        if self.paused and self.over_limit(len(data)):
-            return
-        self.transport.write(data)
+            return True
+        return self.write_bounded(queued)
 
     def overflow(self, size: int | None = None) -> None:
         """The client is not reading: drop it rather than buffer without bound."""
         if size is None:
             size = self.buffered()
         self.pending = None
+        self.queued = 0
         self.drop_reason = f"send buffer over its limit ({size} > {self.limit} bytes): slow client"
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         log.warning("dropping websocket %s: %s", client, self.drop_reason)
@@ -889,6 +1026,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
         if self.drop_reason is None:
             self.drop_reason = reason
         self.pending = None
+        self.queued = 0
         self.close_sent = True
         if not self.disconnected:
             self.transport.abort()
@@ -923,6 +1061,15 @@ def _address(proto: Any, attr: str, lookup: Callable[[Any], Any]) -> Any:
         value = lookup(proto.transport)
         setattr(proto, attr, value)
     return value
+
+
+def _peer(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
+    """The peer's (host, port): what uvicorn's ``get_remote_addr`` gives a TCP transport, with
+    one look-up instead of a socket object's."""
+    info = transport.get_extra_info("peername")
+    if info.__class__ is tuple and len(info) == 2:  # (IPv4: IPv6 has four fields)
+        return info
+    return get_remote_addr(transport)  # type: ignore[arg-type]
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -966,6 +1113,10 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         # uvicorn's, with the addresses filled in once the request is not an upgrade
+        if not self._watched and self._edge is not None:
+            # a keep-alive connection's next request: its headers are on the clock again
+            self._watched = True
+            self._edge.watch(self, self.loop)
         self._upgrade_answer = None
         self.url = b""
         self.expect_100_continue = False
@@ -983,15 +1134,46 @@ class HttpProtocol(HttpToolsProtocol):
         }
 
     def on_headers_complete(self) -> None:
+        edge = self._edge
+        if edge is not None and edge.trust_proxy and self._edge_ip is None:
+            # behind a proxy the client's IP is known only now: the last X-Forwarded-For entry
+            # (the peer's address without one), counted for as long as this TCP connection
+            client = self.client
+            ip = forwarded_ip(self.headers) or (client[0] if client else "?")
+            answer = edge.admit(ip)
+            if answer is not None:
+                self._refuse(answer)
+                raise _Refused  # (ends this read's parse: see data_received)
+            self._edge_ip = ip
         scope = self.scope
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is scope:  # an HTTP request (its task not begun)
             scope["server"] = self.server
             scope["client"] = self.client
+            if self._watched:  # the body gets the same time again (a slow POST)
+                edge.watch(self, self.loop)  # type: ignore[union-attr]
+        elif self._watched:  # an upgrade: the websocket's own timeouts take over
+            self._watched = False
+            edge.unwatch(self)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        if self._watched:
+            self._watched = False
+            self._edge.unwatch(self)  # type: ignore[union-attr]
+        super().on_message_complete()
+
+    # -- the edge: connection caps and the header timeout (relay.edge) --------------------------
+
+    #: the guard counting this connection (None: not counted), and the IP counted under
+    _edge: EdgeGuard | None = None
+    _edge_ip: str | None = None
+    #: the guard's header timeout runs: the request's headers (or body) are not all in yet
+    _watched = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        # uvicorn's, with the addresses left to look up (see the class's docstring)
+        # uvicorn's, with the addresses left to look up (see the class's docstring), then the
+        # edge's count: the connection is refused, or counted (and its request on the clock)
         self.connections.add(self)
         self.transport = transport
         self.flow = FlowControl(transport)
@@ -1001,10 +1183,83 @@ class HttpProtocol(HttpToolsProtocol):
             client = self.client
             prefix = f"{client[0]}:{client[1]} - " if client else ""
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
+        config: Any = self.config
+        edge = getattr(config, "relay_edge", UNKNOWN)  # (looked up once per server)
+        if edge is UNKNOWN:
+            edge = config.relay_edge = guard_of(self.app)
+        if edge is None:
+            return
+        ip = None
+        if edge.ip_at_accept:
+            client = self._lazy_client = _peer(transport)  # (the one look-up: kept for scopes)
+            ip = client[0] if client else "?"
+        refused = edge.accept(self, ip, self.loop)
+        if refused is not None:
+            self._refuse(refused)
+            return
+        self._edge = edge
+        self._edge_ip = ip
+        self._watched = True
+
+    def _refuse(self, answer: bytes) -> None:
+        """Answer with the edge's refusal and close (the count is released on close)."""
+        self.transport.write(answer)
+        self.transport.close()
+
+    def timed_out(self) -> None:
+        """The request's headers or body did not arrive in time (the guard's sweep): close,
+        answering 408 when nothing of a response has been sent on this request."""
+        self._watched = False
+        transport = self.transport
+        if transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            seconds = self._edge.header_timeout if self._edge is not None else 0
+            error = BadRequest(
+                f"the request did not arrive in full within {seconds:g} s"
+                " (RELAY_HEADER_TIMEOUT): closing the connection"
+            )
+            transport.write(refusal(error, 408))
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # (the application's receive() says so; send() is a no-op)
+            cycle.message_event.set()
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, where a request the edge refused once its headers were in ends the parse
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Refused):
+                return  # answered and closing
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        edge = self._edge
+        if edge is not None:
+            self._edge = None
+            edge.release(self._edge_ip)
+            if self._watched:
+                self._watched = False
+                edge.unwatch(self)
+        super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
         cls = self.ws_protocol_class
+        edge = self._edge
         if cls is None or not issubclass(cls, FastWebSocketProtocol):
+            if edge is not None:  # (another protocol cannot carry the count: released here)
+                self._edge = None
+                edge.release(self._edge_ip)
             super().handle_websocket_upgrade()
         else:
             self.connections.discard(self)
@@ -1013,15 +1268,24 @@ class HttpProtocol(HttpToolsProtocol):
             )
             transport = self.transport
             protocol.adopt(transport, self._lazy_server, self._lazy_client)
+            if edge is not None:  # the count follows the connection: released when it closes
+                self._edge = None
+                protocol.edge = edge
+                protocol.edge_ip = self._edge_ip
             transport.set_protocol(protocol)
             protocol.upgrade(self.scope["method"], self.url, self.headers, self.scope)
         self.parser = None  # type: ignore[assignment]
         self.cycle = None  # type: ignore[assignment]
 
 
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request the edge refused."""
+
+
 __all__ = [
     "DIRECT",
     "EXTENSION",
+    "MAX_FRAGMENTS",
     "UNKNOWN",
     "FastWebSocketProtocol",
     "Flusher",
@@ -1032,6 +1296,5 @@ __all__ = [
     "direct_acceptor",
     "flusher_for",
     "frame",
-    "queue_frame",
     "text_frame",
 ]

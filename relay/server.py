@@ -68,8 +68,14 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
+#: seconds an idle keep-alive HTTP connection stays open between requests (uvicorn's timer;
+#: until a request's headers and body are in, relay.edge's header timeout applies instead)
+KEEP_ALIVE = 5
+
+
 def uvicorn_config(settings: Settings, **extra: Any) -> uvicorn.Config:
     app = create_app(settings)
+    extra.setdefault("timeout_keep_alive", KEEP_ALIVE)
     return uvicorn.Config(
         app,
         host=settings.host,

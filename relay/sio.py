@@ -287,10 +287,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             return True
         answer = admission.before_connect(sid, eio_sid)
         reply = fastws.text_frame(b"40" + orjson.dumps(answer))
-        if fast.pending is None and not fast.paused and fast.open:
-            fast.transport.write(reply)  # (nothing queued before it: no flush to wait for)
-        else:
-            fast.write_frame(reply)
+        fast.write_now(reply)  # (at once when nothing is queued before it; within the bound)
         manager.connect_now(sid, "/")
         admission.after_connect()
         return True

@@ -109,7 +109,11 @@ class EngineIOTransport:
         return self._deliver(targets, packet, self._skip(skip))
 
     def _deliver(self, targets: Iterable[Any], packet: str, skip: Any) -> int:
-        # the hot loop of every broadcast: keep it free of calls and lookups by key
+        # the hot loop of every broadcast: keep it free of calls and lookups by key. It queues
+        # the one shared frame onto each connection's ``pending`` uncounted (a reference per
+        # recipient, not bytes): the flush counts it against the connection's limit before it
+        # joins or writes anything (fastws.Flusher.flush). Frames made per recipient go through
+        # FastWebSocketProtocol.write_frame, which counts as they accumulate
         frame: bytes | None = None
         flusher: fastws.Flusher | None = None
         dirty: list[Any] = []

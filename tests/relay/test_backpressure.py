@@ -53,8 +53,14 @@ def _stalled_client(port: int, room: str) -> socket.socket:
 
 async def test_a_stalled_reader_is_dropped_and_others_keep_up() -> None:
     relay: RelayProcess = start_relay_process(
-        # history kept short so RSS shows buffering, not the room's (legitimate) history
-        env={"RELAY_MAX_BUFFER": str(MAX_BUFFER), "RELAY_HISTORY_SIZE": "10"}
+        # history kept short so RSS shows buffering, not the room's (legitimate) history; the
+        # publisher publishes as fast as it can (the rates have tests of their own)
+        env={
+            "RELAY_MAX_BUFFER": str(MAX_BUFFER),
+            "RELAY_HISTORY_SIZE": "10",
+            "RELAY_PUBLISH_RATE": "0",
+            "RELAY_JOIN_RATE": "0",
+        }
     )
     stalled: socket.socket | None = None
     pub, reader = socketio.AsyncClient(), socketio.AsyncClient()
