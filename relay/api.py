@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match, Route
 
@@ -136,6 +136,10 @@ class Api:
                 return await endpoint(request)
             except RelayError as exc:
                 return error_response(exc)
+            except ClientDisconnect:
+                # the client went away mid-body (or was timed out): nobody to answer, no bug
+                log.debug("%s %s: the client left mid-request", request.method, request.url.path)
+                return Response(status_code=400)
             except Exception:
                 log.exception("internal error in %s %s", request.method, request.url.path)
                 return error_response(Internal())

@@ -4,6 +4,7 @@ cross-site publishes, and a secret without a key."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from relay import envelope
 from relay.settings import Settings
-from tests.conftest import ROOT, serve_in_thread, start_relay_process
+from tests.conftest import ROOT, serve_in_thread, start_relay_process, wait_for
 
 API_KEY = "abuse-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -141,3 +142,37 @@ async def test_an_open_relay_on_a_public_interface_warns_loudly(host: str, warne
         assert ("OPEN MODE ON A PUBLIC INTERFACE" in text) is warned, text
     finally:
         relay.stop()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_a_client_leaving_mid_body_is_not_an_internal_error() -> None:
+    logger = logging.getLogger("relay.api")
+    records = _Records()
+    with serve_in_thread(Settings()) as live:
+        # (after start-up: uvicorn's logging setup resets the handlers of relay's loggers)
+        logger.addHandler(records)
+        logger.setLevel(logging.DEBUG)
+        try:
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", live.port)) as sock:
+                    sock.sendall(
+                        b"POST /api/v1/rooms/r/events HTTP/1.1\r\nHost: x\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                        b'{"data": '
+                    )
+            await wait_for(lambda: len(records.records) >= 3, timeout=10)
+            assert all(r.levelno == logging.DEBUG for r in records.records), [
+                r.getMessage() for r in records.records
+            ]
+            assert all(r.exc_info is None for r in records.records)
+        finally:
+            logger.removeHandler(records)
+            logger.setLevel(logging.NOTSET)
