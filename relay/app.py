@@ -98,6 +98,7 @@ def build_sio(settings: Settings) -> socketio.AsyncServer:
         ping_timeout=settings.ping_timeout,
         max_http_buffer_size=settings.max_frame,
         max_buffer=settings.max_buffer,  # per-connection send buffer (relay.engine)
+        connect_timeout=settings.connect_timeout,  # a session without a namespace (relay.engine)
         logger=False,
         engineio_logger=False,
     )

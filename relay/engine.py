@@ -9,7 +9,16 @@ What differs from python-engineio's own ``AsyncServer`` (the wire protocol does 
 - The reader loop awaits the next message directly (python-engineio wraps every read in a new
   task and a timeout).
 - One :class:`PingScheduler` per server pings every connection and closes the silent ones,
-  instead of a task per ping and a service task walking every socket every few milliseconds.
+  instead of a task per ping and a service task walking every socket every few milliseconds;
+  it also closes a session that has no Socket.IO namespace ``connect_timeout`` after it
+  opened or left its last one.
+- A polling session's queue is bounded in bytes (:class:`relay.polling.SendQueue`), and a
+  POST body is read only up to the transport limit.
+
+Lifecycle: a closing or closed session accepts nothing (each way in checks: the websocket
+callback, the reader, ``receive``, polling GETs and POSTs, and python-socketio's CONNECT
+paths in :mod:`relay.sio`); :meth:`RelaySocket.close` closes its websocket too and forgets the
+session, so the "disconnect" handler, and with it relay's disconnect, runs once per session.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -29,10 +39,9 @@ import engineio
 import orjson
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
-from engineio import payload as eio_payload
 from engineio.async_socket import AsyncSocket
 
-from relay import fastws
+from relay import fastws, polling
 
 log = logging.getLogger("relay.engine")
 
@@ -45,10 +54,19 @@ _REQUEST_ONLY = ("asgi.scope", "asgi.receive", "asgi.send", "wsgi.input")
 #: reader tasks running (a reference, so none is collected mid-way)
 _readers: set[asyncio.Task[None]] = set()
 
+#: sessions being closed as slow clients (a reference, so none is collected mid-way)
+_closers: set[asyncio.Task[None]] = set()
+
+#: the ``environ`` key of a response that replaces python-engineio's (a refused POST body)
+_RESPONSE = "relay.response"
+
 _UNRESOLVED = object()
 
 #: messages waiting for a connection's reader before it stops reading from the socket
 _BACKLOG_PAUSE = 64
+
+#: a PingScheduler entry that checks a session has a Socket.IO namespace (pings count from 0)
+_CONNECT_CHECK = -1
 
 #: what decoding a client's malformed packet raises (python-engineio / python-socketio parsers)
 _MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeError)
@@ -62,12 +80,6 @@ def _brief(exc: BaseException) -> str:
 #: python-engineio clients refuse a long-polling payload of more than 16 packets (and drop the
 #: connection), so a poll answers with at most this many; the rest wait for the next poll.
 MAX_POLL_PACKETS = 16
-
-
-class _Payload(eio_payload.Payload):  # type: ignore[misc]
-    # python-engineio's default (16) rejects a POST batching more packets, which clients do
-    # under load; the body's byte limit (max_http_buffer_size) is the bound that matters.
-    max_decode_packets = 1 << 20
 
 
 class _Body:
@@ -85,16 +97,28 @@ class _Body:
         self.receive = receive
 
     async def read(self, length: int | None = None) -> bytes:
-        if self.payload is None and self.event["type"] == "http.request":
-            self.payload = self.event.get("body") or b""
-            while self.event.get("more_body"):
-                self.event = await self.receive()
-                if self.event["type"] == "http.request" and (
-                    length is None or len(self.payload) < length
-                ):
-                    self.payload += self.event.get("body") or b""
-        payload = self.payload or b""
-        if length is None:
+        """Up to ``length`` bytes of the body (all of it: None), whatever ``Content-Length``
+        says or however it is chunked; receiving stops once ``length`` bytes are in, so a
+        body over the limit costs neither the memory nor the time of reading it whole."""
+        if self.payload is None:
+            event = self.event
+            chunks: list[bytes] = []
+            total = 0
+            if event["type"] == "http.request":
+                while True:
+                    chunk = event.get("body") or b""
+                    if chunk:
+                        chunks.append(chunk)
+                        total += len(chunk)
+                    if not event.get("more_body") or (length is not None and total >= length):
+                        break
+                    event = await self.receive()
+                    if event["type"] != "http.request":
+                        break
+            self.event = event
+            self.payload = b"".join(chunks)
+        payload = self.payload
+        if length is None or len(payload) <= length:
             self.payload = b""
             return payload
         self.payload = payload[length:]
@@ -228,7 +252,9 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         # BaseSocket's, except that a websocket taken without ASGI gets no asyncio.Queue
         self.server = server
         self.sid = sid
-        self.queue = server.create_queue() if queue is None else queue
+        if queue is None:
+            queue = polling.SendQueue(server.max_buffer, functools.partial(server.drop_slow, sid))
+        self.queue = queue
         self.last_ping = time.time()
         self.connected = False
         self.upgrading = False
@@ -241,6 +267,10 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         self._fast_candidate: fastws.FastWebSocketProtocol | None = None
         #: messages waiting for the reader task (None while no task runs; a None item: closed)
         self._backlog: collections.deque[str | bytes | None] | None = None
+        #: (monotonic) since when it has had no Socket.IO namespace, and whether the
+        #: PingScheduler holds a check of that (see RelayEngine.expect_connect)
+        self.idle_since = time.monotonic()
+        self.connect_check = False
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -258,51 +288,101 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         return True
 
     async def send(self, pkt: Any) -> None:
-        if self.fast is not None:
-            if not self.closed:
-                self.push(pkt)
-            return
-        await super().send(pkt)
+        # python-engineio's checks a ping timeout first (the PingScheduler does that job) and
+        # raises once the session is closed; a closed session's packets go nowhere
+        self.push(pkt)
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        """python-engineio's close (the "disconnect" handler, then the CLOSE packet unless
+        ``abort``), then the end of the transport: the websocket is closed (a client that sent
+        CLOSE and kept its websocket open gets nothing more through it), a parked long-poll
+        returns, and the session is forgotten.
+
+        It never waits for the client to fetch the CLOSE packet (python-engineio's ``wait``
+        waits on the queue, forever for a client that stopped polling); a client that polls
+        later is told its session is gone (400), as python-engineio tells it after a close.
+        """
         fast = self.fast
-        await super().close(wait=wait and fast is None, abort=abort, reason=reason)
-        if fast is not None and not abort and fast.open:
-            # after the CLOSE packet, close the websocket too, in case the client never does
-            with contextlib.suppress(Exception):
-                await fast.send({"type": "websocket.close", "code": 1000})
+        await super().close(wait=False, abort=abort, reason=reason)
+        if not self.closed:
+            return  # (another close is under way: that one finishes the job)
+        if fast is not None:
+            fast.close()
+        else:
+            self.queue.put_nowait(None)
+        sockets = self.server.sockets
+        if sockets.get(self.sid) is self:
+            del sockets[self.sid]
+
+    async def receive(self, pkt: Any) -> None:
+        """A packet from the client; a closing or closed session takes none."""
+        if self.closing or self.closed:
+            raise eio_exceptions.SocketIsClosedError()
+        await super().receive(pkt)
 
     # -- long-polling --------------------------------------------------------------------------
 
     async def poll(self) -> list[Any]:
         """The packets for one long-poll response (python-engineio's, capped)."""
         queue = self.queue
-        try:
-            first = await asyncio.wait_for(
-                queue.get(), self.server.ping_interval + self.server.ping_timeout
-            )
-            queue.task_done()
-        except (TimeoutError, asyncio.CancelledError):
-            raise eio_exceptions.QueueEmpty() from None
-        if first is None:
-            return []
+        wait = self.server.ping_interval + self.server.ping_timeout
+        while True:
+            try:
+                first = await asyncio.wait_for(queue.get(), wait)
+                queue.task_done()
+            except (TimeoutError, asyncio.CancelledError):
+                raise eio_exceptions.QueueEmpty() from None
+            if first is not None:
+                break
+            if self.closing or self.closed:
+                return []
+            # a wake-up (relay.transport's, when a Socket.IO connection leaves) for a session
+            # that stays open: its client may connect again, and an empty answer is no packet
         packets = [first]
         while len(packets) < MAX_POLL_PACKETS and not queue.empty():
             pkt = queue.get_nowait()
             queue.task_done()
             if pkt is None:
-                queue.put_nowait(None)  # the close marker stays for the next poll
-                break
+                if self.closing or self.closed:
+                    queue.put_nowait(None)  # the close marker stays for the next poll
+                    break
+                continue
             packets.append(pkt)
         return packets
 
+    async def handle_get_request(self, environ: dict[str, Any]) -> Any:
+        if self.closing or self.closed:
+            return self.server._bad_request("the session is closed")
+        return await super().handle_get_request(environ)
+
     async def handle_post_request(self, environ: dict[str, Any]) -> None:
-        length = int(environ.get("CONTENT_LENGTH", "0"))
-        if length > self.server.max_http_buffer_size:
-            raise eio_exceptions.ContentTooLongError()
-        body = (await environ["wsgi.input"].read(length)).decode("utf-8")
-        for pkt in _Payload(encoded_payload=body).packets:
-            await self.receive(pkt)
+        """The packets of a POST body, in order; a body over the transport limit (declared or
+        not), or one that is not UTF-8 or not an Engine.IO payload, is refused (413, 400) with
+        one log line and changes nothing. The session survives a refused body, as it does a
+        client's malformed packet on a websocket."""
+        server = self.server
+        limit = server.max_http_buffer_size
+        if self.closing or self.closed:
+            result: list[Any] | polling.Refusal = (400, "the session is closed")
+        elif polling.declared_too_large(environ, limit):
+            result = (413, f"a POST body may be at most {limit} bytes")
+        else:
+            result = polling.post_packets(await environ["wsgi.input"].read(limit + 1), limit)
+        if isinstance(result, tuple):
+            log.info("refused a POST from %s: %s (%d)", self.sid, result[1], result[0])
+            environ[_RESPONSE] = polling.refusal_response(result)
+            return
+        for pkt in result:
+            try:
+                await self.receive(pkt)
+            except eio_exceptions.UnknownPacketError:
+                pass  # (as on the websocket: a PING or NOOP from a client changes nothing)
+            except eio_exceptions.SocketIsClosedError:
+                return  # (the payload closed it: what follows the CLOSE is not taken)
+            except _MALFORMED as exc:
+                log.info("%s sent a malformed packet: %s", self.sid, _brief(exc))
+            except Exception:
+                log.exception("error handling a packet from %s", self.sid)
 
     # -- pings ---------------------------------------------------------------------------------
 
@@ -334,8 +414,8 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
             await super()._websocket_handler(ws)
             return
         if self.connected:
-            if not await self._probe(ws):
-                return
+            if not await self._probe(ws) or self.closing or self.closed:
+                return  # (closed during the upgrade: the websocket ends with this task)
         else:
             self.connected = True
             self.upgraded = True
@@ -361,7 +441,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
                 self.fast.transport.pause_reading()
             return
         if data == "3":  # PONG: the commonest packet of an idle connection, handled inline
-            self.schedule_ping()
+            self.schedule_ping()  # (a closed session's is never sent: PingScheduler)
             return
         if data is None and self._finish_now():
             return
@@ -377,6 +457,8 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         the default namespace: see ``RelaySocketIO.handle_message_now``), handled here: no task,
         no coroutine. Only called with no backlog, so a connection's messages keep their order.
         """
+        if self.closing:  # (set first, and never unset, on every way a session closes)
+            return True  # a closed session accepts nothing
         server = self.server
         now = server._message_now
         if now is _UNRESOLVED:
@@ -443,8 +525,8 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
 
     async def _handle(self, data: str | bytes) -> bool:
         """One message from the websocket; False when the connection must end."""
-        if len(data) > self.server.max_http_buffer_size:
-            return False
+        if self.closing or self.closed or len(data) > self.server.max_http_buffer_size:
+            return False  # (a closed session accepts nothing: its websocket ends)
         if data == "3":
             self.schedule_ping()
             return True
@@ -458,7 +540,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
                 log.info("%s sent a malformed packet: %s", self.sid, _brief(exc))
             except Exception:
                 log.exception("error handling a message from %s", self.sid)
-            return True
+            return not self.closing
         try:
             await self.receive(eio_packet.Packet(encoded_packet=data))
         except eio_exceptions.UnknownPacketError:
@@ -469,7 +551,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
             log.info("%s sent a malformed packet: %s", self.sid, _brief(exc))
         except Exception:
             log.exception("error handling a packet from %s", self.sid)
-        return True
+        return not self.closing  # (a CLOSE packet: the websocket ends too)
 
     async def _finish(self, fast: fastws.FastWebSocketProtocol | None) -> None:
         """The websocket ended (or must): close the session, forget it, close the socket."""
@@ -519,16 +601,19 @@ class PingScheduler:
     """Engine.IO heartbeats for every connection from one task, in time buckets.
 
     A connection is pinged ``ping_interval`` after it opened or answered the last ping; one that
-    has not answered ``ping_timeout`` after a ping is closed (reason ``ping timeout``). Buckets
-    are a second wide (a quarter of the shorter interval when that is under four seconds).
-    They hold session ids, not sessions: a session that ends is freed at once, not when its
-    next heartbeat falls due (up to ``ping_interval`` later, for every connection of a close
-    storm).
+    has not answered ``ping_timeout`` after a ping is closed (reason ``ping timeout``). The same
+    buckets hold the connect checks (:meth:`expect_connect`): a session still without a
+    Socket.IO namespace ``connect_timeout`` after it opened or left its last one is closed.
+    Buckets are a second wide (a quarter of the shortest interval when that is under four
+    seconds). They hold session ids, not sessions: a session that ends is freed at once, not
+    when its next heartbeat falls due (up to ``ping_interval`` later, for every connection of a
+    close storm).
     """
 
     def __init__(self, server: RelayEngine) -> None:
         self.server = server
-        self.tick = max(0.01, min(1.0, min(server.ping_interval, server.ping_timeout) / 4))
+        shortest = min(server.ping_interval, server.ping_timeout, server.connect_timeout)
+        self.tick = max(0.01, min(1.0, shortest / 4))
         self._due: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
         self._next = 0
@@ -545,6 +630,10 @@ class PingScheduler:
     def schedule(self, sock: RelaySocket) -> None:
         """Ping ``sock`` one interval from now."""
         self._at(self.server.ping_interval, sock, 0)
+
+    def expect_connect(self, sock: RelaySocket, delay: float) -> None:
+        """Check ``delay`` from now that ``sock`` has a Socket.IO namespace (else close it)."""
+        self._at(delay, sock, _CONNECT_CHECK)
 
     def stop(self) -> None:
         if self._task is not None:
@@ -579,8 +668,27 @@ class PingScheduler:
                 else:
                     sock.push(ping)
                 self._at(self.server.ping_timeout, sock, sock.ping_seq)
+            elif seq == _CONNECT_CHECK:
+                await self._check_connected(sock)
             elif seq == sock.ping_seq and sock.last_ping:  # that ping was never answered
                 await self._expire(sock)
+
+    async def _check_connected(self, sock: RelaySocket) -> None:
+        server = self.server
+        has_namespace = server.has_namespace
+        if has_namespace is None or has_namespace(sock.sid):
+            sock.connect_check = False  # (leaving its namespace schedules the next check)
+            return
+        left = sock.idle_since + server.connect_timeout - time.monotonic()
+        if left > 0:  # it left a namespace since this check was scheduled
+            self.expect_connect(sock, left)
+            return
+        sock.connect_check = False
+        log.debug("closing %s: no Socket.IO CONNECT within %ss", sock.sid, server.connect_timeout)
+        try:
+            await sock.close(wait=False, abort=False, reason=server.reason.SERVER_DISCONNECT)
+        except Exception:
+            log.exception("closing %s without a namespace", sock.sid)
 
     async def _expire(self, sock: RelaySocket) -> None:
         fast = sock.fast
@@ -599,9 +707,21 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
     _async: dict[str, Any]
     sequence_number: int
 
-    def __init__(self, *args: Any, max_buffer: int = 4 * 1024 * 1024, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_buffer: int = 4 * 1024 * 1024,
+        connect_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        #: bytes one connection may have waiting to be sent (websocket and polling alike)
         self.max_buffer = max_buffer
+        #: seconds a session may go without a Socket.IO namespace (at open, or after leaving)
+        self.connect_timeout = connect_timeout
+        #: whether a session has a Socket.IO namespace (given by the Socket.IO layer; None: the
+        #: connect timeout does not apply)
+        self.has_namespace: Callable[[str], bool] | None = None
         self.start_service_task = False  # the PingScheduler does its job
         self._async = {**self._async, "translate_request": translate_request}
         self.pings = PingScheduler(self)
@@ -688,6 +808,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         opened = b"0" + orjson.dumps(self._opened(sid, []))
         fast.accept_detached(fastws.text_frame(opened), sock._on_frame, sock._on_close)
         sock.schedule_ping()
+        self._check_connect_of(sock)
         return True
 
     async def _handle_connect(
@@ -703,6 +824,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
             self.sockets.pop(sid, None)
             return self._unauthorized(accepted or None)
         sock.schedule_ping()
+        self._check_connect_of(sock)
         if transport == "websocket":
             result = await sock.handle_get_request(environ)
             if sock.closed:
@@ -714,9 +836,58 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         except eio_exceptions.QueueEmpty:
             return self._bad_request()
 
+    def _check_connect_of(self, sock: RelaySocket) -> None:
+        """A new session: it has ``connect_timeout`` to connect to a Socket.IO namespace."""
+        if self.has_namespace is not None:
+            sock.connect_check = True
+            self.pings.expect_connect(sock, self.connect_timeout)
+
+    def expect_connect(self, sid: str) -> None:
+        """Session ``sid`` left a Socket.IO namespace: if it is left with none, it has
+        ``connect_timeout`` from now to connect again (called by the Socket.IO layer; a
+        session that is closing, or still has a namespace, is not touched)."""
+        sock = self.sockets.get(sid)
+        if sock is None or sock.closing or sock.closed:
+            return
+        sock.idle_since = time.monotonic()
+        if not sock.connect_check and self.has_namespace is not None:
+            sock.connect_check = True
+            self.pings.expect_connect(sock, self.connect_timeout)
+
+    def drop_slow(self, sid: str, reason: str) -> None:
+        """Close polling session ``sid``, whose queue went over ``max_buffer`` (``reason``
+        says by how much), as a slow client: from a task, since this is called from inside a
+        delivery (a broadcast's loop over the room's members)."""
+        sock = self.sockets.get(sid)
+        if sock is None or sock.closing or sock.closed:
+            return
+        log.warning("dropping polling session %s: %s", sid, reason)
+        task = asyncio.get_running_loop().create_task(_close_slow(sock, reason))
+        _closers.add(task)
+        task.add_done_callback(_closers.discard)
+
+    def _get_socket(self, sid: str) -> RelaySocket:
+        # python-engineio's raises KeyError for a closed session (and forgets it), which its
+        # POST path does not catch (an HTTP 500 with a traceback); relay's sessions refuse
+        # requests themselves once closed (400), and close() forgets them
+        sock: RelaySocket = self.sockets[sid]
+        return sock
+
+    async def _make_response(self, response_dict: dict[str, Any], environ: dict[str, Any]) -> Any:
+        # a refused POST body: the session's own answer instead of python-engineio's "OK"
+        refused = environ.pop(_RESPONSE, None)
+        return await super()._make_response(refused or response_dict, environ)
+
     async def shutdown(self) -> None:
         self.pings.stop()
         await super().shutdown()
+
+
+async def _close_slow(sock: RelaySocket, reason: str) -> None:
+    try:
+        await sock.close(wait=False, abort=True, reason=reason)
+    except Exception:
+        log.exception("closing %s as a slow client", sock.sid)
 
 
 __all__ = ["PingScheduler", "RelayEngine", "RelaySocket"]

@@ -12,10 +12,18 @@ python-socketio's ``BaseManager.basic_disconnect`` copies and walks every room o
 to find the ones a client was in, and every client has a room of its own, so 10,000 clients
 closing at once cost 10,000² steps. :class:`RelayManager` keeps the reverse index (sid -> the
 rooms it entered) and walks only those.
+
+What a client sends is bounded here too: relay's contract has no binary events, so a binary
+packet may announce at most :data:`MAX_ATTACHMENTS` attachments and they may add up to the
+transport limit at most (python-socketio holds them without a bound); an event whose JSON
+does not parse is answered ``bad_request`` through its ack (python-socketio drops it without a
+word); a session that is closing accepts no CONNECT; and a session left without a namespace
+(a DISCONNECT from either side) is handed to the Engine.IO layer's connect timeout.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,9 +35,19 @@ from socketio import packet as sio_packet
 
 from relay import fastws
 from relay.engine import RelayEngine, RelaySocket
+from relay.errors import BadRequest
+
+log = logging.getLogger("relay.sio")
 
 #: a plain event handler: (sid, the event's arguments) -> the ack's argument (RelaySocketIO)
 FastHandler = Callable[[str, list[Any]], Any]
+
+#: binary attachments one packet may announce (relay's events carry none; a few are answered
+#: bad_request by the handlers, more are refused before python-socketio holds them)
+MAX_ATTACHMENTS = 8
+
+#: the longest ack id python-socketio takes
+_MAX_ACK_DIGITS = 100
 
 
 class Admission(Protocol):
@@ -155,6 +173,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         if isinstance(eio, RelayEngine):
             # python-socketio's Engine.IO "connect" handler, and the same without awaiting
             eio.connect_now = (eio.handlers.get("connect"), self._eio_connect_now)
+            eio.has_namespace = self._has_namespace
 
     def _eio_connect_now(self, eio_sid: str, environ: dict[str, Any]) -> None:
         """``_handle_eio_connect`` (a new Engine.IO session), without awaiting."""
@@ -166,6 +185,19 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
     def _engineio_server_class(self) -> type[RelayEngine]:
         return RelayEngine
 
+    def _has_namespace(self, eio_sid: str) -> bool:
+        """Engine.IO session ``eio_sid`` is connected (or connecting) to some namespace."""
+        manager = self.manager
+        return any(
+            manager.sid_from_eio_sid(eio_sid, namespace) is not None
+            for namespace in manager.get_namespaces()
+        )
+
+    def _session_open(self, eio_sid: str) -> bool:
+        """The Engine.IO session exists and is not closing (a closed one accepts nothing)."""
+        sock = self.eio.sockets.get(eio_sid)
+        return sock is not None and not (sock.closing or sock.closed)
+
     # -- connecting and disconnecting (connection state recovery) ------------------------------
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
@@ -173,6 +205,8 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         # connection's sid (pre_connect always makes a new one), and the CONNECT answer carries
         # the gate's data ({"sid", "pid"}), after which a recovered connection gets what it
         # missed. The gate raising ConnectionRefusedError is a connect_error, as for a handler.
+        if not self._session_open(eio_sid):
+            return  # (python-socketio would connect a closing session: a connection never freed)
         gate = self.gate
         if gate is None or (namespace or "/") != "/":
             await super()._handle_connect(eio_sid, namespace, data)
@@ -206,6 +240,23 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         if reason == self.reason.CLIENT_DISCONNECT:
             reason = self.reason.TRANSPORT_CLOSE
         await super()._handle_eio_disconnect(eio_sid, reason)
+        self._binary_packet.pop(eio_sid, None)
+
+    async def _handle_disconnect(
+        self, eio_sid: str, namespace: str | None, reason: Any = None
+    ) -> None:
+        await super()._handle_disconnect(eio_sid, namespace, reason)
+        self.eio.expect_connect(eio_sid)  # (nothing, when the session is ending)
+
+    async def disconnect(
+        self, sid: str, namespace: str | None = None, ignore_queue: bool = False
+    ) -> None:
+        """python-socketio's (the server disconnects ``sid`` from a namespace); the Engine.IO
+        session it leaves without a namespace is then closed after the connect timeout."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace or "/")
+        await super().disconnect(sid, namespace=namespace, ignore_queue=ignore_queue)
+        if eio_sid is not None:
+            self.eio.expect_connect(eio_sid)
 
     # -- the hot path: Socket.IO EVENT packets on "/" ------------------------------------------
 
@@ -214,13 +265,75 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         # handler run inline (as ``async_handlers=False`` does) and the ack encoded once and
         # pushed without a task. Everything else (binary, other namespaces, CONNECT, ...) goes
         # the python-socketio way.
-        if type(data) is str and data[:1] == "2" and eio_sid not in self._binary_packet:
+        binary = self._binary_packet
+        if type(data) is str and data[:1] == "2" and eio_sid not in binary:
             parsed = _parse_event(data)
             if parsed is not None:
                 if not self._run_fast(eio_sid, parsed[0], parsed[1]):
                     await self._fast_event(eio_sid, parsed[0], parsed[1])
                 return
+            if self._answer_unparsable(eio_sid, data):
+                return
+        held = binary.get(eio_sid)
+        if held is not None:  # an attachment: within the bound, or the packet goes
+            held.relay_bytes += len(data)
+            if held.relay_bytes > self.eio.max_http_buffer_size:
+                limit = self.eio.max_http_buffer_size
+                self._refuse_binary(eio_sid, f"binary attachments over {limit} bytes in all")
+                return
+        elif type(data) is not str:
+            return  # a binary message no packet announced: there is nothing to attach it to
         await super()._handle_eio_message(eio_sid, data)
+        if held is None and eio_sid in binary:  # a binary packet announced its attachments
+            held = binary[eio_sid]
+            held.relay_bytes = len(data)
+            if held.attachment_count > MAX_ATTACHMENTS:
+                self._refuse_binary(
+                    eio_sid,
+                    f"a packet may carry at most {MAX_ATTACHMENTS} binary attachments,"
+                    f" not {held.attachment_count}",
+                )
+
+    def _refuse_binary(self, eio_sid: str, why: str) -> None:
+        """Drop the binary packet ``eio_sid`` is sending (and what it held), answering its
+        ack, if it asked for one, with bad_request."""
+        held = self._binary_packet.pop(eio_sid)
+        log.info("%s sent a binary packet over the bound: %s", eio_sid, why)
+        if held.packet_type == sio_packet.BINARY_EVENT and held.id is not None:
+            self._ack_now(eio_sid, held.id, {"ok": False, "error": BadRequest(why).to_dict()})
+
+    def _answer_unparsable(self, eio_sid: str, data: str) -> bool:
+        """An EVENT on "/" with an ack id whose JSON does not parse: answered bad_request
+        through the ack (True); False when ``data`` is not that (JSON too deep to decode is
+        answered by the handlers: see relay.app.OrjsonModule)."""
+        end = 1
+        stop = min(len(data), 1 + _MAX_ACK_DIGITS)
+        while end < stop and data[end].isascii() and data[end].isdigit():
+            end += 1
+        if end == 1 or data[end : end + 1].isdigit() or data[end : end + 1] == "/":
+            return False  # no ack id (or one python-socketio refuses), or another namespace
+        try:
+            orjson.loads(data[end:])
+        except orjson.JSONDecodeError as exc:
+            if "depth" in str(exc):
+                return False
+            why = f"the event's JSON could not be parsed: {exc}"
+        else:
+            return False  # (JSON, but not an event's shape: python-socketio's way)
+        manager = self.manager
+        sid = manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is not None and manager.is_connected(sid, "/"):
+            self._ack_now(
+                eio_sid, int(data[1:end]), {"ok": False, "error": BadRequest(why).to_dict()}
+            )
+        return True
+
+    def _ack_now(self, eio_sid: str, ack_id: int, result: dict[str, Any]) -> None:
+        """Answer EVENT ``ack_id`` of ``eio_sid`` with ``result``, without awaiting."""
+        sock = self.eio.sockets.get(eio_sid)
+        if isinstance(sock, RelaySocket):
+            text = b"3%d" % ack_id + orjson.dumps([result])
+            sock.push(eio_packet.Packet(eio_packet.MESSAGE, text.decode()))
 
     def handle_message_now(self, eio_sid: str, data: Any) -> bool:
         """Handle one Socket.IO packet from ``eio_sid`` at once, if that needs no await.
@@ -236,6 +349,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             parsed = _parse_event(data)
             if parsed is not None:
                 return self._run_fast(eio_sid, parsed[0], parsed[1])
+            return self._answer_unparsable(eio_sid, data)
         return False
 
     def handle_packet_now(self, eio_sid: str, data: Any) -> bool:
@@ -264,6 +378,8 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         sock = self.eio.sockets.get(eio_sid)
         if not isinstance(sock, RelaySocket) or sock.fast is None:
             return False
+        if sock.closing or sock.closed:
+            return True  # a closed session accepts nothing (its connection would never end)
         if len(data) > 1:
             try:
                 auth = orjson.loads(data[1:])
@@ -319,6 +435,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             handler(sid, reason)
         finally:
             manager.basic_disconnect(sid, "/", ignore_queue=True)
+        self.eio.expect_connect(eio_sid)  # (nothing, when the session is ending)
         return True
 
     def handle_eio_disconnect_now(self, eio_sid: str, reason: Any) -> bool:
