@@ -13,11 +13,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import socketio
 
+from cli.urls import normalize_url
 from relay.errors import (
     BadRequest,
     Forbidden,
@@ -44,6 +45,8 @@ _ERRORS: dict[str, type[RelayError]] = {
     )
 }
 
+__all__ = ["Ack", "Connection", "check_ack", "error_from", "normalize_url"]
+
 Ack = dict[str, Any]
 EventHandler = Callable[[str, Any], None]
 AckCallback = Callable[[Ack], None]
@@ -54,31 +57,16 @@ for _name in ("engineio.client", "socketio.client"):
     logging.getLogger(_name).setLevel(logging.CRITICAL + 1)
 
 
-def normalize_url(raw: str) -> str:
-    """``host:port``, ``http(s)://...`` or ``ws(s)://...`` -> the HTTP base URL of a relay."""
-    text = raw.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise BadRequest(f"--url must look like http://host:port, got {raw!r}")
-    try:
-        parts.port  # noqa: B018 - validates the port
-    except ValueError:
-        raise BadRequest(f"--url has a bad port: {raw!r}") from None
-    path = parts.path.rstrip("/")
-    if path.endswith("/socket.io"):
-        path = path[: -len("/socket.io")]
-    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
-
-
 def error_from(error: Any, what: str) -> RelayError:
     """The contract's ``{"code", "message"}`` -> the matching :class:`RelayError`."""
     if not isinstance(error, dict):
         return Internal(f"{what}: the server answered {error!r}")
     code = str(error.get("code", "internal"))
     message = str(error.get("message") or code)
+    if code == RateLimited.code:
+        wait = error.get("retry_after_ms")
+        seconds = wait / 1000 if isinstance(wait, int | float) and wait >= 0 else None
+        return RateLimited(f"{what}: {message} ({code})", retry_after=seconds)
     cls = _ERRORS.get(code, Internal)
     return cls(f"{what}: {message} ({code})")
 
@@ -206,6 +194,20 @@ class Connection:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+    async def get_json(self, path: str, timeout: float = 3.0) -> Any:
+        """``GET`` ``path`` of the relay's HTTP side (``/healthz``) as JSON, within ``timeout``
+        (and the connection's own); None when that fails in any way (it is only ever a hint)."""
+        if self._session is None:
+            return None
+        limit = aiohttp.ClientTimeout(total=min(timeout, self.timeout))
+        try:
+            async with self._session.get(self.url + path, timeout=limit) as response:
+                if response.status != 200:
+                    return None
+                return await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
 
     # -- calls ---------------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ envelope at or below the watermark is dropped as already printed.
 The server replays before it acks the join, so envelopes of a room being joined are held until
 its ack says how to read them. An ack whose ``offset`` is below the watermark means the room
 started counting again (a restarted in-memory server, or expired history): the watermark is
-reset to 0 and everything held is printed, since it is all new. ``recovered: false`` with the
-room still ahead means history no longer reached back: a warning says some were missed.
+reset to 0 and everything held is printed, since it is all new. When that watermark is still
+the user's ``--since`` (nothing printed yet), the room has not restarted: ``--since`` was
+ahead of the room, and it says so. ``recovered: false`` with the room still ahead means
+history no longer reached back: a warning says some were missed.
 
 All of this runs synchronously inside the client's receive path, in arrival order, so printing
 is naturally back-pressured: nothing is queued in between.
@@ -30,8 +32,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.console import fail, note, stdout_closed, stdout_console, warn
-from cli.options import DEFAULT_URL, AsUser, Token, Url
+from cli.help import Command
+from cli.options import DEFAULT_URL, AsUser, LegacyAsUser, Token, Url, connect_as
 from cli.render import HumanOutput, JsonOutput, Output
+from cli.urls import normalize_url
 from relay.errors import Internal, RelayError, Unavailable
 
 if TYPE_CHECKING:
@@ -50,7 +54,8 @@ def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) 
 
 @dataclass
 class Resumed:
-    """How a room's join went: ``kind`` is fresh, recovered, gap or restarted."""
+    """How a room's join went: ``kind`` is fresh, recovered, gap, restarted or ahead (the
+    user's ``--since`` is past the room's latest offset)."""
 
     room: str
     since: int | None
@@ -64,10 +69,15 @@ class Tracker:
 
     seen: dict[str, int | None]
     holding: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: rooms whose watermark is still the user's ``--since``, not an offset printed
+    given: set[str] = field(default_factory=set)
 
     @classmethod
     def for_rooms(cls, rooms: Iterable[str], since: int | None) -> Tracker:
-        return cls({room: since for room in rooms})
+        rooms = list(rooms)
+        return cls(
+            {room: since for room in rooms}, given=set(rooms) if since is not None else set()
+        )
 
     def join_payload(self, room: str) -> dict[str, Any]:
         """The ``join`` to send for ``room`` now; holds its envelopes until :meth:`joined`."""
@@ -98,6 +108,7 @@ class Tracker:
         if last is not None and offset <= last:
             return []
         self.seen[room] = offset
+        self.given.discard(room)
         return [env]
 
     def joined(self, room: str, ack: Ack) -> tuple[Resumed, list[dict[str, Any]]]:
@@ -109,12 +120,13 @@ class Tracker:
             kind = "fresh"
             self.seen[room] = latest
         elif latest < last:
-            kind = "restarted"
+            kind = "ahead" if room in self.given else "restarted"
             self.seen[room] = 0
         elif ack.get("recovered") is False:
             kind = "gap"
         else:
             kind = "recovered"
+        self.given.discard(room)  # from the first join on, the room has vouched for the mark
         out: list[dict[str, Any]] = []
         for env in held:
             out.extend(self._admit(room, env))
@@ -300,7 +312,12 @@ class Listener:
 
         check_ack(ack, f"join {room}")
         resumed, envelopes = self.tracker.joined(room, ack)
-        if resumed.kind == "restarted":
+        if resumed.kind == "ahead":
+            self.alert(
+                f"{room} is at offset {resumed.offset}, behind your --since {resumed.since} "
+                "(--since is ahead of the room): printing from its start"
+            )
+        elif resumed.kind == "restarted":
             self.alert(
                 f"{room} starts again at offset {resumed.offset} (the server lost its history); "
                 "printing all it has"
@@ -346,20 +363,28 @@ class Listener:
         self.wake.set()
 
 
-@app.command()
+@app.command(cls=Command)
 def listen(
     room: Annotated[
         list[str] | None,
-        typer.Option("--room", "-r", help="A room to listen to; repeat for more."),
+        typer.Option("--room", "-r", metavar="ROOM", help="A room to listen to; repeat for more."),
     ] = None,
     since: Annotated[
         int | None,
-        typer.Option(min=0, help="First replay every message after this offset (each room)."),
+        typer.Option(
+            min=0,
+            metavar="OFFSET",
+            help="First replay every message after this offset (each room). "
+            "Without it: only what is published from now on.",
+        ),
     ] = None,
     event: Annotated[
         list[str] | None,
         typer.Option(
-            "--event", "-e", help="Print only this event name; repeatable (default: all)."
+            "--event",
+            "-e",
+            metavar="NAME",
+            help="Print only this event name; repeat for more. Without it: every event.",
         ),
     ] = None,
     presence: Annotated[
@@ -369,18 +394,25 @@ def listen(
         bool, typer.Option("--json", help="Print each envelope as one JSON object per line.")
     ] = False,
     count: Annotated[
-        int | None, typer.Option(min=1, help="Exit (0) after printing this many messages.")
+        int | None,
+        typer.Option(min=1, metavar="N", help="Exit (0) after printing this many messages."),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(min=0, help="Exit (0) after listening this many seconds.")
+        float | None,
+        typer.Option(min=0, metavar="SECONDS", help="Exit (0) after listening this many seconds."),
     ] = None,
     connect_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds to wait for the connection and joins.")
+        float,
+        typer.Option(
+            min=0.1, metavar="SECONDS", help="Seconds to wait for the connection and joins."
+        ),
     ] = 10.0,
     max_backoff: Annotated[
-        float, typer.Option(min=0.01, help="Longest wait between reconnect attempts, seconds.")
+        float,
+        typer.Option(min=0.01, metavar="SECONDS", help="Longest wait between reconnect attempts."),
     ] = BACKOFF_CAP,
     as_user: AsUser = None,
+    legacy_as: LegacyAsUser = None,
     token: Token = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status or reconnect lines on stderr.")
@@ -392,8 +424,7 @@ def listen(
     Reconnects with backoff if the server goes away, and resumes each room from the last offset
     printed, so nothing kept in history is missed and nothing is printed twice. Ctrl-C exits 0.
     """
-    from cli.client import normalize_url
-
+    name = connect_as(as_user, legacy_as)
     try:
         opts = ListenOptions(
             url=normalize_url(url),
@@ -405,7 +436,7 @@ def listen(
             duration=timeout,
             connect_timeout=connect_timeout,
             max_backoff=max_backoff,
-            auth={k: v for k, v in (("user", as_user), ("token", token)) if v} or None,
+            auth={k: v for k, v in (("user", name), ("token", token)) if v} or None,
         )
     except RelayError as exc:
         fail(exc.message)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import typer
 
 from cli import listen, loadtest, send, serve, token
+from cli.help import CONTEXT_SETTINGS, Group
 
 app = typer.Typer(
+    cls=Group,
     name="relay",
     help="A real-time event relay: serve it, send to it, listen to it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT_SETTINGS,
 )
 app.add_typer(serve.app)
 app.add_typer(loadtest.app)

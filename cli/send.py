@@ -2,18 +2,17 @@
 
 ``DATA`` is sent as JSON when it parses as JSON, else as a string. ``-`` streams stdin: one
 message per non-blank line, all over one connection, in order, with a bounded number of acks
-outstanding; the first rejected line stops the stream.
+outstanding (:mod:`cli.stream`); the first refused line stops the stream, and the error names
+exactly the lines that were published.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import sys
 import threading
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
@@ -21,16 +20,21 @@ import orjson
 import typer
 
 from cli.console import fail, stdout_closed, stdout_console, warn
-from cli.options import DEFAULT_URL, AsUser, Token, Url
+from cli.help import Command
+from cli.options import DEFAULT_URL, AsUser, LegacyAsUser, Token, Url, connect_as
+from cli.stream import MAX_FRAME, Item, Outcome, Pacer, Streamer, Unsendable, publish_rate
+from cli.urls import normalize_url
 from relay.errors import BadRequest, RelayError, TooLarge
+from relay.settings import Settings
 
 if TYPE_CHECKING:
-    from cli.client import Ack, Connection
+    from cli.client import Ack
 
 app = typer.Typer()
 
-MAX_LINE = 1024 * 1024  # the transport's frame limit: a longer line could never be sent
+MAX_LINE = MAX_FRAME  # a longer line could never be sent: it is refused before it is read whole
 STDIN_CHUNK = 64 * 1024
+CHUNKS_AHEAD = 4  # chunks of stdin read ahead of the sender, at most
 
 
 def parse_data(text: str, raw: bool = False) -> Any:
@@ -102,82 +106,74 @@ def chunk_reader(stream: BinaryIO) -> Callable[[int], bytes]:
     return lambda n: os.read(fd, n)
 
 
-async def read_lines(stream: BinaryIO) -> AsyncIterator[str]:
-    """Non-blank lines of ``stream`` as they arrive, read by a daemon thread.
+async def read_lines(stream: BinaryIO, limit: int = MAX_LINE) -> AsyncGenerator[Item, None]:
+    """``(line number, text)`` for each non-blank line of ``stream`` as it arrives, read by a
+    daemon thread; a line longer than ``limit`` bytes ends it with an :class:`Unsendable`.
 
     A daemon thread rather than the loop's executor: a blocked read of a terminal or an idle
-    pipe must never keep the process from exiting after an error or Ctrl-C.
+    pipe must never keep the process from exiting after an error or Ctrl-C. The thread hands
+    chunks over with ``call_soon_threadsafe`` (no coroutine is made in it, so none is left
+    un-awaited when the loop closes first), and waits for a free slot before each read, so
+    at most :data:`CHUNKS_AHEAD` chunks are ever held.
     """
     loop = asyncio.get_running_loop()
-    chunks: asyncio.Queue[bytes | OSError] = asyncio.Queue(maxsize=4)
+    chunks: asyncio.Queue[bytes | OSError] = asyncio.Queue()
+    slots = threading.Semaphore(CHUNKS_AHEAD)
+    done = threading.Event()
     read = chunk_reader(stream)
 
     def pump() -> None:
         while True:
+            slots.acquire()
+            if done.is_set():
+                return
             try:
                 chunk: bytes | OSError = read(STDIN_CHUNK)
             except OSError as exc:
                 chunk = exc
             try:
-                asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop).result()
-            except (RuntimeError, asyncio.CancelledError, concurrent.futures.CancelledError):
-                return  # the loop is gone: nobody wants the rest
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            except RuntimeError:
+                return  # the loop is closed: nobody wants the rest
             if not isinstance(chunk, bytes) or not chunk:
                 return
 
     threading.Thread(target=pump, name="relay-send-stdin", daemon=True).start()
     pending = b""
     number = 0
-    while True:
-        chunk = await chunks.get()
-        if isinstance(chunk, OSError):
-            raise BadRequest(f"cannot read stdin: {chunk}")
-        lines, pending = split_lines(pending, chunk)
-        if not chunk:
-            lines, pending = ([pending] if pending else []), b""
-        for line in lines:
-            number += 1
-            text = decode_line(line)
-            if text is not None:
-                yield text
-        if len(pending) > MAX_LINE:
-            raise TooLarge(f"line {number + 1} of stdin is over {MAX_LINE} bytes")
-        if not chunk:
-            return
+    try:
+        while True:
+            chunk = await chunks.get()
+            slots.release()
+            if isinstance(chunk, OSError):
+                raise BadRequest(f"cannot read stdin: {chunk}")
+            lines, pending = split_lines(pending, chunk)
+            if not chunk:
+                lines, pending = ([pending] if pending else []), b""
+            for line in lines:
+                number += 1
+                if len(line) > limit:
+                    yield Unsendable(number, _too_long(number, limit))
+                    return
+                text = decode_line(line)
+                if text is not None:
+                    yield number, text
+            if len(pending) > limit:
+                yield Unsendable(number + 1, _too_long(number + 1, limit))
+                return
+            if not chunk:
+                return
+    finally:
+        done.set()
+        slots.release()  # a pump waiting for a slot sees ``done`` and ends
 
 
-async def send_all(
-    conn: Connection,
-    target: Target,
-    event: str | None,
-    messages: AsyncIterator[Any],
-    report: Callable[[Ack], None],
-    window: int = 64,
-    label: Callable[[int], str] | None = None,
-) -> int:
-    """Send every message in order, with at most ``window`` acks outstanding; return the count.
-
-    Acks are checked and reported in sending order; the first error ack raises.
-    """
-    inflight: deque[tuple[int, asyncio.Future[Ack]]] = deque()
-    action = target.action
-    describe = label or (lambda n: action)
-    sent = 0
-
-    from cli.client import check_ack
-
-    async def settle() -> None:
-        number, future = inflight.popleft()
-        report(check_ack(await conn.wait(future, describe(number)), describe(number)))
-
-    async for data in messages:
-        sent += 1
-        inflight.append((sent, await conn.request(action, target.payload(event, data))))
-        while len(inflight) >= max(1, window):
-            await settle()
-    while inflight:
-        await settle()
-    return sent
+def _too_long(number: int, limit: int) -> TooLarge:
+    return TooLarge(
+        f"line {number} is over {limit:,} bytes, the frame limit of a relay connection, "
+        "so it was not sent (a relay takes 'data' up to its RELAY_MAX_PAYLOAD, "
+        "64 KiB unless raised)"
+    )
 
 
 async def _run(
@@ -190,31 +186,49 @@ async def _run(
     timeout: float,
     report: Callable[[Ack], None],
     window: int,
-) -> int:
-    from cli.client import Connection, normalize_url
+) -> Outcome:
+    from cli.client import Connection
 
     streaming = data == "-"
 
-    async def messages() -> AsyncIterator[Any]:
-        if streaming:
-            async for line in read_lines(sys.stdin.buffer):
-                yield parse_data(line, raw)
-        else:
-            yield parse_data(data, raw)
+    async def messages() -> AsyncGenerator[Item, None]:
+        if not streaming:
+            yield 1, target.payload(event, parse_data(data, raw))
+            return
+        lines = read_lines(sys.stdin.buffer)
+        try:
+            async for item in lines:
+                if isinstance(item, Unsendable):
+                    yield item
+                else:
+                    number, line = item
+                    yield number, target.payload(event, parse_data(line, raw))
+        finally:
+            await lines.aclose()
 
     async with Connection(normalize_url(url), timeout=timeout, auth=auth) as conn:
-        return await send_all(
-            conn,
-            target,
-            event,
-            messages(),
-            report,
-            window=window if streaming else 1,
-            label=(lambda n: f"line {n}") if streaming else None,
-        )
+        # Streamed lines keep below the relay's publish rate (a single message needs no pace);
+        # a relay that does not say is taken to have the default one.
+        pacer = None
+        if streaming:
+            rate = await publish_rate(conn)
+            pacer = Pacer(Settings.publish_rate if rate is None else rate)
+        source = messages()
+        try:
+            return await Streamer(
+                conn,
+                target.action,
+                source,
+                report,
+                window=window if streaming else 1,
+                label=(lambda n: f"line {n}") if streaming else None,
+                pacer=pacer,
+            ).run()
+        finally:
+            await source.aclose()
 
 
-@app.command()
+@app.command(cls=Command)
 def send(
     data: Annotated[
         str,
@@ -226,18 +240,22 @@ def send(
         ),
     ],
     room: Annotated[
-        str | None, typer.Option("--room", "-r", help="Publish to everyone in this room.")
+        str | None,
+        typer.Option("--room", "-r", metavar="ROOM", help="Publish to everyone in this room."),
     ] = None,
     to: Annotated[
-        str | None, typer.Option("--to", help="Send to one connection (its sid).")
+        str | None,
+        typer.Option("--to", metavar="SID", help="Send to one connection (its sid)."),
     ] = None,
     user: Annotated[
-        str | None, typer.Option("--user", "-u", help="Send to every connection of this user.")
+        str | None,
+        typer.Option("--user", "-u", metavar="USER", help="Send to every connection of this user."),
     ] = None,
     event: Annotated[
-        str | None, typer.Option("--event", "-e", help="Event name (default: message).")
-    ] = None,
+        str, typer.Option("--event", "-e", metavar="NAME", help="Event name.")
+    ] = "message",
     as_user: AsUser = None,
+    legacy_as: LegacyAsUser = None,
     token: Token = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send DATA as a string, never JSON.")] = False,
     json_out: Annotated[
@@ -245,10 +263,14 @@ def send(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
     timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds to wait for the connection and each ack.")
+        float,
+        typer.Option(
+            min=0.1, metavar="SECONDS", help="Seconds to wait for the connection and each ack."
+        ),
     ] = 10.0,
     window: Annotated[
-        int, typer.Option(min=1, help="Acks outstanding at once while streaming stdin.")
+        int,
+        typer.Option(min=1, metavar="N", help="Acks outstanding at once while streaming stdin."),
     ] = 64,
     url: Url = DEFAULT_URL,
 ) -> None:
@@ -266,18 +288,28 @@ def send(
         out = JsonOutput(sys.stdout)
     else:
         out = HumanOutput(stdout_console())
-    auth = {k: v for k, v in (("user", as_user), ("token", token)) if v} or None
+    name = connect_as(as_user, legacy_as)
+    auth = {k: v for k, v in (("user", name), ("token", token)) if v} or None
 
     def report(ack: Ack) -> None:
         out.ack(ack, target.room)
 
     try:
-        sent = asyncio.run(_run(url, target, event, data, raw, auth, timeout, report, window))
+        outcome = asyncio.run(_run(url, target, event, data, raw, auth, timeout, report, window))
     except RelayError as exc:
         fail(exc.message)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except BrokenPipeError:
         stdout_closed()
-    if sent == 0 and not quiet:
+    for published, resent in outcome.overtaken:
+        warn(
+            f"line {published} was published before line {resent}, which the relay had "
+            "refused as rate_limited and which was sent again: their offsets show the order"
+        )
+    if outcome.error is not None:
+        if data != "-":
+            fail(outcome.error.message)
+        fail(f"{outcome.error.message}; {outcome.summary()}")
+    if not outcome.sent and not quiet:
         warn("stdin had no lines: nothing was sent")

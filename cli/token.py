@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cli.console import fail
+from cli.help import Command
 from relay.auth import issue_token
 from relay.errors import ConfigError, RelayError
 from relay.settings import parse_duration
@@ -14,21 +15,30 @@ from relay.settings import parse_duration
 app = typer.Typer()
 
 
-@app.command()
+@app.command(cls=Command)
 def token(
-    user: Annotated[str, typer.Argument(help="The user the token names (its 'sub').")],
+    user: Annotated[
+        str, typer.Argument(metavar="USER", help="The user the token names (its 'sub').")
+    ],
     room: Annotated[
         list[str] | None,
         typer.Option(
-            "--room", help="A room pattern the user may use ('*' wildcard); repeat. Default: any."
+            "--room",
+            metavar="PATTERN",
+            help="A room pattern the user may use ('*' matches any run of characters); "
+            "repeat for more. Without it: any room.",
         ),
     ] = None,
     ttl: Annotated[
-        str, typer.Option(help="Lifetime, e.g. 3600, 15m, 24h; 0 for a token that never expires.")
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="Lifetime, e.g. 3600, 15m, 24h; 0 for a token that never expires.",
+        ),
     ] = "1h",
     secret: Annotated[
         str | None,
-        typer.Option(envvar="RELAY_SECRET", help="The server's secret [env: RELAY_SECRET]."),
+        typer.Option(envvar="RELAY_SECRET", metavar="SECRET", help="The server's secret."),
     ] = None,
 ) -> None:
     """Print an HS256 token that connects as USER to a relay started with the same secret."""

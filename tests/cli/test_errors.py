@@ -59,12 +59,13 @@ async def test_too_large_line_stops_the_stream(live_relay: LiveRelay) -> None:
     result = await invoke(
         "send", "--url", live_relay.url, "-r", "big", "--json", "-", input=b"1\n" + big + b"\n3\n"
     )
-    assert_one_error_line(result, "line 2", "(too_large)")
-    assert [ack["offset"] for ack in result.json_lines()] == [1]
+    # line 3 was in flight (sent before line 2's answer came back): published, and said so
+    assert_one_error_line(result, "line 2", "(too_large)", "published lines 1 and 3, and no other")
+    assert [ack["offset"] for ack in result.json_lines()] == [1, 2]
 
 
 async def test_refused_user_name(live_relay: LiveRelay) -> None:
-    result = await invoke("send", "--url", live_relay.url, "--as", "no spaces", "-r", "r", "1")
+    result = await invoke("send", "--url", live_relay.url, "--as-user", "no spaces", "-r", "r", "1")
     assert_one_error_line(result, "refused the connection", "(bad_request)")
 
 
@@ -92,3 +93,13 @@ async def test_help(command: str) -> None:
     result = await invoke(command, "--help")
     assert result.rc == 0
     assert "--url" in result.out and "RELAY_URL" in result.out
+
+
+async def test_the_old_name_of_as_user_still_works(live_relay: LiveRelay) -> None:
+    result = await invoke("send", "--url", live_relay.url, "--as", "no spaces", "-r", "r", "1")
+    assert result.rc == 1
+    assert (
+        result.err_lines[0]
+        == "--as and --user-name are now --as-user (the old names still work for now)"
+    )
+    assert result.err_lines[1].startswith("error: ") and "refused the connection" in result.err

@@ -42,7 +42,7 @@ async def test_send_reaches_a_json_listener(live_relay: LiveRelay) -> None:
         await wait_members(url, "rt", 1)
         first = await run_cli("send", "--url", url, "--room", "rt", "--json", '{"hi": 1}')
         second = await invoke(
-            "send", "--url", url, "-r", "rt", "-e", "typing", "--as", "alice", "not {json"
+            "send", "--url", url, "-r", "rt", "-e", "typing", "--as-user", "alice", "not {json"
         )
         result = await finish(listener)
     finally:
@@ -70,7 +70,7 @@ async def test_human_listener_prints_status_and_readable_lines(live_relay: LiveR
     try:
         status = await read_line(listener.stderr)
         assert re.fullmatch(r"listening on human \(offset 0\) as sid \S+\n", status)
-        sent = await invoke("send", "--url", url, "--room", "human", "--as", "bob", "[1, 2]")
+        sent = await invoke("send", "--url", url, "--room", "human", "--as-user", "bob", "[1, 2]")
         result = await finish(listener)
     finally:
         await stop(listener)
@@ -81,7 +81,7 @@ async def test_human_listener_prints_status_and_readable_lines(live_relay: LiveR
 
 async def test_direct_to_a_sid_and_to_a_user(live_relay: LiveRelay) -> None:
     url = live_relay.url
-    listener = await start_cli("listen", "--url", url, "--as", "carol", "--count", "2")
+    listener = await start_cli("listen", "--url", url, "--as-user", "carol", "--count", "2")
     try:
         status = await read_line(listener.stderr)
         m = re.fullmatch(r"listening for direct messages as sid (\S+), user carol\n", status)
@@ -218,3 +218,18 @@ async def test_listener_survives_a_server_restart() -> None:
     assert [(e["offset"], e["data"]) for e in after] == [(1, "after-1"), (2, "after-2")]
     assert "lobby starts again at offset 0" in result.err
     assert "Traceback" not in result.err
+
+
+async def test_since_ahead_of_the_room_says_so(live_relay: LiveRelay) -> None:
+    url = live_relay.url
+    for data in ("1", "2", "3"):
+        assert (await invoke("send", "--url", url, "-r", "short", "-q", data)).rc == 0
+    result = await invoke(
+        "listen", "--url", url, "-r", "short", "--since", "99999", "--count", "3", "--json"
+    )
+    assert result.rc == 0, result.err
+    assert [e["data"] for e in result.json_lines()] == [1, 2, 3]
+    assert result.err_lines == [
+        "short is at offset 3, behind your --since 99999 (--since is ahead of the room): "
+        "printing from its start"
+    ]

@@ -169,7 +169,11 @@ def test_tracker_resume_holds_replay_until_the_ack() -> None:
 
 
 def test_tracker_restarted_room_prints_everything_again() -> None:
-    t = Tracker.for_rooms(["r"], 7)
+    t = Tracker.for_rooms(["r"], None)
+    t.join_payload("r")
+    t.joined("r", {"ok": True, "offset": 6})
+    t.envelope(env("r", 7, "old-7"))
+    t.forget_joins()  # the connection dropped; the server restarted
     assert t.join_payload("r") == {"room": "r", "since": 7}
     t.envelope(env("r", 1, "new-1"))
     resumed, out = t.joined("r", {"ok": True, "offset": 1, "recovered": False})
@@ -219,3 +223,26 @@ def test_acks_become_errors() -> None:
     assert isinstance(error_from({"code": "brand_new", "message": "?"}, "p"), Internal)
     with pytest.raises(Internal):
         check_ack("nonsense", "publish")
+
+
+def test_tracker_since_ahead_of_the_room_is_not_a_restart() -> None:
+    t = Tracker.for_rooms(["r"], 99999)
+    assert t.join_payload("r") == {"room": "r", "since": 99999}
+    t.envelope(env("r", 1, "old-1"))  # the server replays the room from its start
+    resumed, out = t.joined("r", {"ok": True, "offset": 1, "recovered": False})
+    assert (resumed.kind, resumed.since, resumed.offset) == ("ahead", 99999, 1)
+    assert out == [env("r", 1, "old-1")]
+    # later, a drop and a restarted server: that one is a restart
+    t.forget_joins()
+    t.join_payload("r")
+    resumed, _ = t.joined("r", {"ok": True, "offset": 0, "recovered": False})
+    assert resumed.kind == "restarted"
+
+
+def test_tracker_since_the_room_reached_then_a_restart_is_a_restart() -> None:
+    t = Tracker.for_rooms(["r"], 5)
+    t.join_payload("r")
+    assert t.joined("r", {"ok": True, "offset": 5, "recovered": True})[0].kind == "recovered"
+    t.forget_joins()
+    t.join_payload("r")
+    assert t.joined("r", {"ok": True, "offset": 0, "recovered": False})[0].kind == "restarted"
