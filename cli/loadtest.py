@@ -1,4 +1,9 @@
-"""``relay loadtest``: spawn a client swarm, count every delivery, report, judge SLOs."""
+"""``relay loadtest``: spawn a client swarm, count every delivery, report, judge SLOs.
+
+Options come from the flags typed, then a ``--scenario`` file, then ``RELAY_URL`` /
+``RELAY_TOKEN``, then the defaults of :class:`loadtest.scenario.Scenario` (which ``--help``
+shows): which of these a value came from is asked of Typer, not guessed from its value.
+"""
 
 from __future__ import annotations
 
@@ -10,117 +15,122 @@ import orjson
 import typer
 from rich.console import Console
 from rich.live import Live as RichLive
-from rich.table import Table
 
 from cli.console import fail
+from cli.help import Command
+from cli.options import from_command_line, from_environment
+from loadtest.scenario import Scenario
 
 app = typer.Typer()
 
-
-def _live_table(live: Any) -> Table:
-    t = Table(show_header=True, header_style="bold", title="relay loadtest (Ctrl-C stops)")
-    for col in ("stage", "connected", "rate/s", "published", "deliveries/s", "p99 ms", "missing",
-                "gen CPU %"):  # fmt: skip
-        t.add_column(col, justify="right")
-    c = live.counts
-    missing = max(0, c.get("expected", 0) - c.get("unique", 0)) if c else 0
-    t.add_row(
-        live.stage,
-        f"{live.connected:,}/{live.clients:,}",
-        f"{live.phase_rate:g}",
-        f"{c.get('published', 0):,}",
-        f"{live.deliveries_per_s:,.0f}",
-        "-" if live.p99_ms is None else f"{live.p99_ms:,.1f}",
-        f"{missing:,}",
-        f"{live.cpu_percent:.0f}",
-    )
-    return t
+#: the defaults ``--help`` shows: the Scenario's own
+_D = Scenario()
+SECONDS = "SECONDS"
 
 
-@app.command()
+def _opt(metavar: str, help: str, **extra: Any) -> Any:
+    return typer.Option(metavar=metavar, help=help, **extra)
+
+
+@app.command(cls=Command)
 def loadtest(
-    url: Annotated[str | None, typer.Option(help="Server to load (env: RELAY_URL).")] = None,
-    clients: Annotated[int | None, typer.Option(help="Connections to open (100).")] = None,
-    rooms: Annotated[
-        int | None, typer.Option(help="Rooms; client i joins room i % R (10).")
-    ] = None,
+    ctx: typer.Context,
+    url: Annotated[
+        str,
+        _opt(
+            "URL",
+            "Server to load: http(s)://host:port, ws(s)://host:port or host:port.",
+            envvar="RELAY_URL",
+        ),
+    ] = _D.url,
+    clients: Annotated[int, _opt("N", "Connections to open.")] = _D.clients,
+    rooms: Annotated[int, _opt("N", "Rooms; client i joins room i % N.")] = _D.rooms,
     mode: Annotated[
-        str | None, typer.Option(help="broadcast | unicast | mixed (broadcast).")
+        str,
+        _opt(
+            "broadcast|unicast|mixed",
+            "Publish to the publisher's room, direct to another client, or half each.",
+        ),
+    ] = _D.mode,
+    rate: Annotated[float, _opt("MSGS", "Messages published per second, in all.")] = _D.rate,
+    duration: Annotated[float, _opt(SECONDS, "Seconds of publishing.")] = _D.duration,
+    publishers: Annotated[
+        int | None, _opt("N", "Clients that publish. Without it: every client.")
     ] = None,
-    rate: Annotated[float | None, typer.Option(help="Messages published per second (100).")] = None,
-    duration: Annotated[float | None, typer.Option(help="Seconds of publishing (10).")] = None,
-    publishers: Annotated[int | None, typer.Option(help="Clients that publish (all).")] = None,
-    payload: Annotated[int | None, typer.Option(help="Padding bytes per message (64).")] = None,
+    payload: Annotated[int, _opt("BYTES", "Padding bytes per message.")] = _D.payload,
     connect_rate: Annotated[
-        float | None, typer.Option(help="New connections per second (as fast as possible).")
-    ] = None,
-    transport: Annotated[str | None, typer.Option(help="websocket | polling (websocket).")] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Worker processes (the machine's cores).")
-    ] = None,
-    drain: Annotated[
         float | None,
-        typer.Option(help="Seconds to wait for deliveries after the last publish (5)."),
+        _opt("PER_S", "New connections per second. Without it: as fast as they are accepted."),
     ] = None,
+    transport: Annotated[str, _opt("websocket|polling", "Transport.")] = _D.transport,
+    workers: Annotated[int, _opt("N", "Worker processes; 0: one per CPU core.")] = _D.workers,
+    drain: Annotated[
+        float, _opt(SECONDS, "Longest wait for deliveries after the last publish.")
+    ] = _D.drain,
     ramp: Annotated[
-        bool | None, typer.Option("--ramp/--no-ramp", help="Step the rate up until an SLO breaks.")
-    ] = None,
+        bool, typer.Option("--ramp/--no-ramp", help="Step the rate up until an SLO breaks.")
+    ] = _D.ramp,
     ramp_factor: Annotated[
-        float | None, typer.Option(help="Rate multiplier per ramp step (1.5).")
+        float, _opt("FACTOR", "Rate multiplier per ramp step.")
+    ] = _D.ramp_factor,
+    ramp_steps: Annotated[int, _opt("N", "Most ramp steps.")] = _D.ramp_steps,
+    max_p99_ms: Annotated[
+        float | None, _opt("MS", "SLO: highest p99 latency. A ramp's step: 250 without it.")
     ] = None,
-    ramp_steps: Annotated[int | None, typer.Option(help="Most ramp steps (12).")] = None,
-    max_p99_ms: Annotated[float | None, typer.Option(help="SLO: highest p99 latency, ms.")] = None,
-    max_loss: Annotated[float | None, typer.Option(help="SLO: highest loss ratio (0..1).")] = None,
-    min_rate: Annotated[float | None, typer.Option(help="SLO: lowest deliveries/s.")] = None,
-    max_time: Annotated[
-        float | None, typer.Option(help="Hard cap on the whole run, s (900).")
+    max_loss: Annotated[
+        float | None, _opt("RATIO", "SLO: highest loss ratio, 0..1. A ramp's step: 0 without it.")
     ] = None,
+    min_rate: Annotated[float | None, _opt("PER_S", "SLO: lowest deliveries/s.")] = None,
+    max_time: Annotated[float, _opt(SECONDS, "Hard cap on the whole run.")] = _D.max_time,
     token: Annotated[
-        str | None, typer.Option(help="JWT sent as auth.token (env: RELAY_TOKEN).")
+        str | None, _opt("JWT", "JWT sent as auth.token.", envvar="RELAY_TOKEN")
     ] = None,
     scenario: Annotated[
-        Path | None, typer.Option(help="TOML file with these options (flags override it).")
+        Path | None, _opt("FILE", "TOML file with these options (flags override it).")
     ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON on stdout.")
     ] = False,
     report_file: Annotated[
-        Path | None, typer.Option("--report", help="Write the JSON report.")
+        Path | None, typer.Option("--report", metavar="FILE", help="Write the JSON report.")
     ] = None,
     html_file: Annotated[
-        Path | None, typer.Option("--html", help="Write an offline HTML report.")
+        Path | None, typer.Option("--html", metavar="FILE", help="Write an offline HTML report.")
     ] = None,
 ) -> None:
     """Open many clients, publish at a fixed rate (or ramp), and count every delivery exactly."""
-    from loadtest.report import build, render, to_html
-    from loadtest.scenario import Scenario, ScenarioError
+    from cli.progress import Clock, View
+    from loadtest.page import to_html
+    from loadtest.report import build, refusal_hint, render, verdict_lines
+    from loadtest.scenario import ScenarioError
     from loadtest.workers import Orchestrator, RunError
 
-    overrides = dict(
-        url=url or (None if scenario else os.environ.get("RELAY_URL")),
-        clients=clients, rooms=rooms, mode=mode, rate=rate, duration=duration,
+    values = dict(
+        url=url, clients=clients, rooms=rooms, mode=mode, rate=rate, duration=duration,
         publishers=publishers, payload=payload, connect_rate=connect_rate, transport=transport,
         workers=workers, drain=drain, ramp=ramp, ramp_factor=ramp_factor, ramp_steps=ramp_steps,
         max_p99_ms=max_p99_ms, max_loss=max_loss, min_rate=min_rate, max_time=max_time,
-        token=token or os.environ.get("RELAY_TOKEN"),
+        token=token,
     )  # fmt: skip
+    typed = {name: v for name, v in values.items() if from_command_line(ctx, name)}
+    from_env = {name: values[name] for name in ("url", "token") if from_environment(ctx, name)}
     try:
-        scn = Scenario.load(scenario, overrides)
-        if scenario is not None and url is None and "url" not in _toml_keys(scenario):
-            scn = scn.replace(url=os.environ.get("RELAY_URL", scn.url))
+        scn = Scenario.load(scenario, typed, fallbacks=from_env)
     except ScenarioError as exc:
         fail(str(exc), code=2)
 
     err = Console(stderr=True)
-    show_live = err.is_terminal and not os.environ.get("RELAY_LOADTEST_QUIET")
-    orch: Orchestrator
-    if show_live:
-        with RichLive(console=err, refresh_per_second=4, transient=True) as view:
-            orch = Orchestrator(scn, on_update=lambda live: view.update(_live_table(live)))
-            raw = _execute(orch, RunError)
+    clock = Clock(scn)
+    quiet = bool(os.environ.get("RELAY_LOADTEST_QUIET"))
+    if quiet:
+        raw = _execute(Orchestrator(scn), RunError, refusal_hint)
+    elif err.is_terminal:
+        with RichLive(console=err, refresh_per_second=4, transient=True) as screen:
+            view = View(clock, err, live=screen)
+            raw = _execute(Orchestrator(scn, on_update=view.update), RunError, refusal_hint)
     else:
-        orch = Orchestrator(scn)
-        raw = _execute(orch, RunError)
+        view = View(clock, err)
+        raw = _execute(Orchestrator(scn, on_update=view.update), RunError, refusal_hint)
     report = build(scn, raw)
     text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
     if report_file is not None:
@@ -129,8 +139,10 @@ def loadtest(
         html_file.write_text(to_html(report))
     if json_out:
         typer.echo(text)
-        for failure in report["slo"]["failures"]:
-            err.print(f"[red]SLO missed:[/red] {failure}")
+        for note in report["server_refusals"]:
+            err.print(note, style="yellow", markup=False, highlight=False, soft_wrap=True)
+        for line in verdict_lines(report):
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
     else:
         render(report, Console())
     if not report["slo"]["passed"]:
@@ -139,16 +151,10 @@ def loadtest(
         raise typer.Exit(130)
 
 
-def _execute(orch: Any, run_error: type[Exception]) -> dict[str, Any]:
+def _execute(orch: Any, run_error: type[Exception], hint_of: Any) -> dict[str, Any]:
     try:
         result: dict[str, Any] = orch.execute()
     except run_error as exc:
-        fail(str(exc))
+        hint = hint_of(str(exc))
+        fail(f"{exc} ({hint})" if hint else str(exc))
     return result
-
-
-def _toml_keys(path: Path) -> set[str]:
-    import tomllib
-
-    raw = tomllib.loads(path.read_text())
-    return set(raw.get("loadtest", raw))

@@ -1,16 +1,19 @@
-"""The run's report: one JSON-able dict, a rich table, SLO verdicts, and offline HTML."""
+"""The run's report: one JSON-able dict, a rich table, SLO verdicts, and what the server's
+limits refused (the offline HTML page is :mod:`loadtest.page`)."""
 
 from __future__ import annotations
 
-import html
 import os
+import re
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from loadtest import stats
+from loadtest import fmt, stats
 from loadtest.scenario import Scenario
 from loadtest.workers import PhaseResult
 
@@ -96,15 +99,24 @@ def build(scn: Scenario, raw: dict[str, Any]) -> dict[str, Any]:
     if scn.ramp:
         from loadtest.workers import ramp_breach
 
-        steps = [_step(p) for p in phases]
-        good = [p for p in phases if not ramp_breach(p, scn)]
+        verdicts = [ramp_breach(p, scn) for p in phases]
+        steps = [
+            {**_step(p), "result": verdict or "sustained"}
+            for p, verdict in zip(phases, verdicts, strict=True)
+        ]
+        good = [p for p, verdict in zip(phases, verdicts, strict=True) if not verdict]
         best = good[-1] if good else None
         report["ramp"] = {
             "steps": steps,
             "stop_reason": raw.get("ramp_stop", ""),
             "max_sustained_rate": best.rate if best else 0.0,
             "max_sustained_deliveries_per_s": round(best.deliveries_per_s, 1) if best else 0.0,
+            "slo": {
+                "max_p99_ms": scn.max_p99_ms if scn.max_p99_ms is not None else 250.0,
+                "max_loss": scn.max_loss if scn.max_loss is not None else 0.0,
+            },
         }
+    report["server_refusals"] = server_refusals(report)
     report["slo"] = evaluate_slo(scn, report)
     return report
 
@@ -133,208 +145,207 @@ def _step(p: PhaseResult) -> dict[str, Any]:
 
 
 def evaluate_slo(scn: Scenario, report: dict[str, Any]) -> dict[str, Any]:
-    """Which SLO thresholds were missed, each as a sentence naming the flag."""
+    """Each SLO threshold set, judged: ``failures`` (missed) and ``checks`` (met), each a
+    sentence naming the flag; ``passed`` when none was missed."""
     failures: list[str] = []
+    checks: list[str] = []
+
+    def judge(ok: bool, met: str, missed: str) -> None:
+        (checks if ok else failures).append(met if ok else missed)
+
     ramp = report.get("ramp")
     p99 = report["latency_ms"]["p99"]
     if ramp is None:
-        if scn.max_p99_ms is not None and (p99 is None or p99 > scn.max_p99_ms):
-            shown = "no deliveries" if p99 is None else f"{p99:g} ms"
-            failures.append(f"p99 latency {shown} exceeds --max-p99-ms {scn.max_p99_ms:g}")
-        if scn.max_loss is not None and report["loss_ratio"] > scn.max_loss:
-            failures.append(
-                f"loss ratio {report['loss_ratio']:g} exceeds --max-loss {scn.max_loss:g}"
+        if scn.max_p99_ms is not None:
+            shown = "no deliveries" if p99 is None else f"{fmt.ms(p99)} ms"
+            judge(
+                p99 is not None and p99 <= scn.max_p99_ms,
+                f"p99 latency {shown} <= --max-p99-ms {scn.max_p99_ms:g}",
+                f"p99 latency {shown} exceeds --max-p99-ms {scn.max_p99_ms:g}",
             )
-        if scn.min_rate is not None and report["deliveries_per_s"] < scn.min_rate:
-            failures.append(
-                f"deliveries/s {report['deliveries_per_s']:g} is below --min-rate {scn.min_rate:g}"
+        if scn.max_loss is not None:
+            loss = report["loss_ratio"]
+            judge(
+                loss <= scn.max_loss,
+                f"loss ratio {loss:g} <= --max-loss {scn.max_loss:g}",
+                f"loss ratio {loss:g} exceeds --max-loss {scn.max_loss:g}",
+            )
+        if scn.min_rate is not None:
+            rate = report["deliveries_per_s"]
+            judge(
+                rate >= scn.min_rate,
+                f"deliveries/s {fmt.rate(rate)} >= --min-rate {scn.min_rate:g}",
+                f"deliveries/s {fmt.rate(rate)} is below --min-rate {scn.min_rate:g}",
             )
     else:
         best = ramp["max_sustained_deliveries_per_s"]
-        if best == 0:
-            failures.append(f"no ramp step met the SLO ({ramp['stop_reason']})")
-        if scn.min_rate is not None and best < scn.min_rate:
-            failures.append(
-                f"highest sustained deliveries/s {best:g} is below --min-rate {scn.min_rate:g}"
+        judge(
+            best > 0,
+            f"a ramp step met p99 <= {ramp['slo']['max_p99_ms']:g} ms and loss "
+            f"<= {ramp['slo']['max_loss']:g}",
+            f"no ramp step met the SLO ({ramp['stop_reason']})",
+        )
+        if scn.min_rate is not None:
+            judge(
+                best >= scn.min_rate,
+                f"highest sustained deliveries/s {fmt.rate(best)} >= --min-rate {scn.min_rate:g}",
+                f"highest sustained deliveries/s {fmt.rate(best)} is below --min-rate "
+                f"{scn.min_rate:g}",
             )
-    return {"passed": not failures, "failures": failures}
+    return {"passed": not failures, "failures": failures, "checks": checks}
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:,.3g}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
+_STATUS = re.compile(r"\b(429|503)\b")
+
+
+def refusal_hint(message: str) -> str:
+    """What to do about a connect error whose text carries HTTP 429 or 503 ('' otherwise)."""
+    m = _STATUS.search(message)
+    if m is None:
+        return ""
+    if m.group(1) == "429":
+        return (
+            "429 Too Many Requests: too many connections from this IP at once "
+            "(RELAY_MAX_CONNECTIONS_PER_IP, 256 by default) or too many new ones a second "
+            "(RELAY_CONNECT_RATE, 20/s in bursts of 100 by default). Raise them, or set them "
+            "to 0, on the relay under test, or pace the clients with --connect-rate"
+        )
+    return (
+        "503 Service Unavailable: the relay is at its connection limit "
+        "(RELAY_MAX_CONNECTIONS, 10000 by default). Raise it on the relay under test"
+    )
+
+
+def server_refusals(report: dict[str, Any]) -> list[str]:
+    """Plain sentences for what the relay's limits refused: connections (HTTP 429/503) and
+    publishes (``rate_limited``), each saying which setting to raise."""
+    notes: list[str] = []
+    by_status: dict[str, int] = {}
+    for message, n in report.get("connect_error_samples", {}).items():
+        hint = refusal_hint(message)
+        if hint:
+            by_status[hint] = by_status.get(hint, 0) + n
+    for hint, n in by_status.items():
+        notes.append(f"the server refused {fmt.count(n)} connections with {hint}.")
+    limited = report.get("ack_errors", {}).get("rate_limited", 0)
+    if limited:
+        notes.append(
+            f"the server refused {fmt.count(limited)} publishes as rate_limited: one connection "
+            "may publish RELAY_PUBLISH_RATE (100/s in bursts of 200 by default). Raise it, or "
+            "set it to 0, on the relay under test, or spread --rate over more --publishers."
+        )
+    unjoined = report.get("connected", 0) - report.get("joined", 0)
+    if unjoined > 0:
+        notes.append(
+            f"{fmt.count(unjoined)} connected clients could not join their room (refused, or "
+            "no answer within the connect timeout): they received nothing."
+        )
+    return notes
+
+
+def _verdict(report: dict[str, Any]) -> list[str]:
+    """The closing lines: which SLOs passed, or which were missed (rich markup)."""
+    slo = report["slo"]
+    if slo["failures"]:
+        return [f"[red]SLO missed:[/red] {escape(f)}" for f in slo["failures"]]
+    if slo["checks"]:
+        return [f"[green]SLOs passed:[/green] {escape('; '.join(slo['checks']))}"]
+    return ["no SLOs set (--max-p99-ms, --max-loss, --min-rate): nothing to pass or miss"]
+
+
+def verdict_lines(report: dict[str, Any]) -> list[str]:
+    """:func:`_verdict` as plain text (for stderr next to ``--json``)."""
+    return [Text.from_markup(line).plain for line in _verdict(report)]
+
+
+def _slash(*values: str) -> str:
+    return " / ".join(values)
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The final table's rows, as text (also the HTML page's summary)."""
+    lat = report["latency_ms"]
+    con = report["connect_ms"]
+    start = " (the ramp's first step)" if report["ramp"] else ""
+    return [
+        ("target rate", f"{fmt.rate(report['rate'])} msgs/s{start}"),
+        ("duration", f"{fmt.seconds(report['duration_s'])} s of publishing, "
+                     f"{fmt.seconds(report['wall_s'])} s in all"),
+        ("rooms", fmt.count(report["rooms"])),
+        ("clients connected", _slash(fmt.count(report["connected"]), fmt.count(report["clients"]))),
+        ("connect errors", fmt.count(report["connect_errors"])),
+        ("connect ms p50 / p99 / max", _slash(fmt.ms(con["p50"]), fmt.ms(con["p99"]),
+                                              fmt.ms(con["max"]))),
+        ("published / acked", _slash(fmt.count(report["published"]), fmt.count(report["acked"]))),
+        ("expected deliveries", fmt.count(report["expected"])),
+        ("received", fmt.count(report["received"])),
+        ("lost", fmt.count(report["lost"])),
+        ("duplicates", fmt.count(report["duplicates"])),
+        ("out of order", fmt.count(report["out_of_order"])),
+        ("deliveries/s", fmt.rate(report["deliveries_per_s"])),
+        ("latency ms p50 / p90 / p99", _slash(fmt.ms(lat["p50"]), fmt.ms(lat["p90"]),
+                                              fmt.ms(lat["p99"]))),
+        ("latency ms p99.9 / max", _slash(fmt.ms(lat["p999"]), fmt.ms(lat["max"]))),
+        ("generator CPU %", fmt.pct(report["loadgen_cpu_percent"])),
+        ("generator CPU µs / delivery", fmt.us(report["loadgen_cpu_us_per_delivery"])),
+    ]  # fmt: skip
+
+
+RAMP_COLUMNS = ("rate msgs/s", "deliveries/s", "p99 ms", "lost", "gen CPU %", "gen µs/delivery",
+                "result")  # fmt: skip
+
+
+def ramp_rows(ramp: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The ramp table's rows, one per step (also the HTML page's ramp table)."""
+    return [
+        (
+            fmt.rate(s["rate"]), fmt.rate(s["deliveries_per_s"]), fmt.ms(s["latency_ms"]["p99"]),
+            fmt.count(s["lost"]), fmt.pct(s["loadgen_cpu_percent"]),
+            fmt.us(s["loadgen_cpu_us_per_delivery"]), s["result"],
+        )
+        for s in ramp["steps"]
+    ]  # fmt: skip
+
+
+def highest_sustained(ramp: dict[str, Any]) -> str:
+    """``highest sustained: 30.0 msgs/s = 300.0 deliveries/s (why the ramp stopped)``"""
+    return (
+        f"highest sustained: {fmt.rate(ramp['max_sustained_rate'])} msgs/s = "
+        f"{fmt.rate(ramp['max_sustained_deliveries_per_s'])} deliveries/s "
+        f"(the ramp stopped: {ramp['stop_reason']})"
+    )
 
 
 def render(report: dict[str, Any], console: Console) -> None:
-    """The final table."""
+    """The final table, the ramp, what the server refused, and the SLO verdict."""
     t = Table(
         title=f"relay loadtest — {report['mode']} over {report['transport']}", show_header=False
     )
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")
-    lat = report["latency_ms"]
-    con = report["connect_ms"]
-    rows: list[tuple[str, Any]] = [
-        ("clients connected", f"{_fmt(report['connected'])} / {_fmt(report['clients'])}"),
-        ("connect errors", report["connect_errors"]),
-        (
-            "connect ms p50 / p99 / max",
-            f"{_fmt(con['p50'])} / {_fmt(con['p99'])} / {_fmt(con['max'])}",
-        ),
-        ("published / acked", f"{_fmt(report['published'])} / {_fmt(report['acked'])}"),
-        ("expected deliveries", report["expected"]),
-        ("received", report["received"]),
-        ("lost", report["lost"]),
-        ("duplicates", report["duplicates"]),
-        ("out of order", report["out_of_order"]),
-        ("deliveries/s", report["deliveries_per_s"]),
-        (
-            "latency ms p50 / p90 / p99",
-            f"{_fmt(lat['p50'])} / {_fmt(lat['p90'])} / {_fmt(lat['p99'])}",
-        ),
-        ("latency ms p99.9 / max", f"{_fmt(lat['p999'])} / {_fmt(lat['max'])}"),
-        ("generator CPU %", report["loadgen_cpu_percent"]),
-        ("generator CPU µs / delivery", report["loadgen_cpu_us_per_delivery"]),
-    ]
-    for name, value in rows:
-        t.add_row(name, _fmt(value))
+    for name, value in summary_rows(report):
+        t.add_row(name, value)
     console.print(t)
     ramp = report.get("ramp")
     if ramp:
         rt = Table(title="ramp")
-        for col in ("rate/s", "deliveries/s", "p99 ms", "lost", "gen CPU %", "gen µs/delivery"):
-            rt.add_column(col, justify="right")
-        for s in ramp["steps"]:
-            rt.add_row(
-                _fmt(s["rate"]), _fmt(s["deliveries_per_s"]), _fmt(s["latency_ms"]["p99"]),
-                _fmt(s["lost"]), _fmt(s["loadgen_cpu_percent"]),
-                _fmt(s["loadgen_cpu_us_per_delivery"]),
-            )  # fmt: skip
+        for col in RAMP_COLUMNS:
+            rt.add_column(col, justify="left" if col == "result" else "right")
+        for row in ramp_rows(ramp):
+            rt.add_row(*row)
         console.print(rt)
-        console.print(
-            f"highest sustained: {_fmt(ramp['max_sustained_rate'])} msgs/s = "
-            f"{_fmt(ramp['max_sustained_deliveries_per_s'])} deliveries/s ({ramp['stop_reason']})"
-        )
+        console.print(escape(highest_sustained(ramp)))
     if report["generator_bound"]:
         console.print(
             "[yellow]note: a load generator worker used over 85% of a core — the generator, "
             "not the server, may have been the bottleneck; add --workers or machines.[/yellow]"
         )
+    # sentences, one line each however wide the console: a log keeps them greppable
+    for note in report.get("server_refusals", []):
+        console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
     if report["stop_reason"]:
-        console.print(f"[yellow]stopped early: {report['stop_reason']}[/yellow]")
-    for failure in report["slo"]["failures"]:
-        console.print(f"[red]SLO missed:[/red] {failure}")
-
-
-# -- HTML: inline SVG, no scripts, no network --------------------------------------------------
-
-
-def _line_chart(title: str, xs: list[float], series: dict[str, list[float | None]]) -> str:
-    w, h, pad = 640, 220, 40
-    colors = ["#2563eb", "#dc2626", "#16a34a", "#9333ea"]
-    values = [v for s in series.values() for v in s if v is not None]
-    if not xs or not values:
-        return f"<h3>{html.escape(title)}</h3><p>no data</p>"
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y1 = max(values) or 1.0
-
-    def px(x: float) -> float:
-        return pad + (x - x0) / (x1 - x0) * (w - 2 * pad)
-
-    def py(y: float) -> float:
-        return h - pad + 10 - y / y1 * (h - 2 * pad)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img">',
-        f'<line x1="{pad}" y1="{h - pad + 10}" x2="{w - pad}" y2="{h - pad + 10}" stroke="#888"/>',
-        f'<line x1="{pad}" y1="10" x2="{pad}" y2="{h - pad + 10}" stroke="#888"/>',
-        f'<text x="{pad}" y="{h - 5}" font-size="11">{x0:g}s</text>',
-        f'<text x="{w - pad}" y="{h - 5}" font-size="11" text-anchor="end">{x1:g}s</text>',
-        f'<text x="{pad - 4}" y="16" font-size="11" text-anchor="end">{y1:,.0f}</text>',
-    ]
-    for i, (name, ys) in enumerate(series.items()):
-        pts = " ".join(
-            f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys, strict=False) if y is not None
+        console.print(
+            f"[yellow]stopped early: {escape(report['stop_reason'])}[/yellow]", soft_wrap=True
         )
-        color = colors[i % len(colors)]
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>')
-        parts.append(
-            f'<text x="{w - pad + 4}" y="{20 + 14 * i}" font-size="11" fill="{color}">'
-            f"{html.escape(name)}</text>"
-        )
-    parts.append("</svg>")
-    return f"<h3>{html.escape(title)}</h3>" + "".join(parts)
-
-
-def _bar_chart(title: str, buckets: list[list[float]]) -> str:
-    w, h, pad = 640, 200, 40
-    if not buckets:
-        return f"<h3>{html.escape(title)}</h3><p>no data</p>"
-    top = max(c for _, c in buckets) or 1
-    bw = (w - 2 * pad) / len(buckets)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img">']
-    for i, (edge, count) in enumerate(buckets):
-        bh = count / top * (h - 2 * pad)
-        parts.append(
-            f'<rect x="{pad + i * bw:.1f}" y="{h - pad - bh:.1f}" width="{max(bw - 1, 1):.1f}" '
-            f'height="{bh:.1f}" fill="#2563eb"><title>≤ {edge:g} ms: {count:,}</title></rect>'
-        )
-    parts.append(f'<text x="{pad}" y="{h - 20}" font-size="11">{buckets[0][0]:g} ms</text>')
-    parts.append(
-        f'<text x="{w - pad}" y="{h - 20}" font-size="11" text-anchor="end">'
-        f"{buckets[-1][0]:g} ms</text>"
-    )
-    parts.append(f'<text x="{pad}" y="14" font-size="11">max bucket {top:,}</text></svg>')
-    return f"<h3>{html.escape(title)}</h3>" + "".join(parts)
-
-
-def to_html(report: dict[str, Any]) -> str:
-    """A self-contained page: summary table and inline SVG charts; opens offline."""
-    samples = report.get("samples", [])
-    xs = [float(s["t"]) for s in samples]
-    lat = report["latency_ms"]
-    summary_rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
-        for k, v in [
-            ("url", report["url"]), ("mode", report["mode"]), ("transport", report["transport"]),
-            ("clients / connected", f"{report['clients']} / {report['connected']}"),
-            ("published", report["published"]), ("expected", report["expected"]),
-            ("received", report["received"]), ("lost", report["lost"]),
-            ("duplicates", report["duplicates"]), ("out of order", report["out_of_order"]),
-            ("deliveries/s", report["deliveries_per_s"]),
-            ("latency p50 / p99 / max ms",
-             f"{_fmt(lat['p50'])} / {_fmt(lat['p99'])} / {_fmt(lat['max'])}"),
-            ("generator CPU %", report["loadgen_cpu_percent"]),
-            ("SLO", "passed" if report["slo"]["passed"] else "; ".join(report["slo"]["failures"])),
-        ]
-    )  # fmt: skip
-    charts = [
-        _line_chart(
-            "Latency over time (ms)",
-            xs,
-            {"p50": [s["p50_ms"] for s in samples], "p99": [s["p99_ms"] for s in samples]},
-        ),
-        _line_chart(
-            "Deliveries per second", xs, {"deliveries/s": [s["deliveries_per_s"] for s in samples]}
-        ),
-        _line_chart("Connected clients", xs, {"connected": [s["connected"] for s in samples]}),
-        _bar_chart("Latency histogram", report.get("latency_histogram_ms", [])),
-        _bar_chart("Connect time histogram", report.get("connect_histogram_ms", [])),
-    ]
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;color:#111}"
-        "table{border-collapse:collapse}th,td{padding:2px 10px;border-bottom:1px solid #ddd;"
-        "text-align:left}td{text-align:right}"
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>relay loadtest {html.escape(report['run_id'])}</title><style>{style}</style>"
-        f"</head><body><h1>relay loadtest</h1><table>{summary_rows}</table>"
-        + "".join(charts)
-        + "</body></html>"
-    )
+    for line in _verdict(report):
+        console.print(line, soft_wrap=True)

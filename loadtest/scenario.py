@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cli.urls import normalize_url
+from relay.errors import RelayError
+
 MODES = ("broadcast", "unicast", "mixed")
 TRANSPORTS = ("websocket", "polling")
 
@@ -59,18 +62,22 @@ class Scenario:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> Scenario:
+        """This scenario with its URL normalised (``host:port`` is ``http://host:port``, as
+        for ``relay send``), or :class:`ScenarioError` naming the first bad option."""
+
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise ScenarioError(what)
+
+        try:
+            url = normalize_url(self.url, "url")
+        except RelayError as exc:
+            raise ScenarioError(exc.message) from None
 
         need(self.mode in MODES, f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         need(
             self.transport in TRANSPORTS,
             f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}",
-        )
-        need(
-            self.url.startswith(("http://", "https://", "ws://", "wss://")),
-            f"url {self.url!r} is not an http(s) or ws(s) URL",
         )
         need(self.clients >= 1, f"clients must be at least 1, got {self.clients}")
         need(self.rooms >= 1, f"rooms must be at least 1, got {self.rooms}")
@@ -91,12 +98,18 @@ class Scenario:
             f"max_loss is a ratio between 0 and 1, got {self.max_loss}",
         )
         need(self.mode == "broadcast" or self.clients >= 2, "unicast needs at least 2 clients")
-        return self
+        return self if url == self.url else self.replace(url=url)
 
     @classmethod
-    def load(cls, path: Path | None, overrides: dict[str, Any]) -> Scenario:
-        """TOML file values (if any), then every override that is not None."""
-        values: dict[str, Any] = {}
+    def load(
+        cls,
+        path: Path | None,
+        overrides: dict[str, Any],
+        fallbacks: dict[str, Any] | None = None,
+    ) -> Scenario:
+        """``fallbacks`` (the environment's), then TOML file values (if any), then every
+        override that is not None (the flags typed)."""
+        values: dict[str, Any] = {k: v for k, v in (fallbacks or {}).items() if v is not None}
         if path is not None:
             try:
                 raw = tomllib.loads(path.read_text())

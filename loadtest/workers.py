@@ -56,6 +56,8 @@ class PhaseResult:
     cpu_s: float
     worker_cpu_max: float
     errors: dict[str, int]
+    #: why publishing stopped before the phase's end ('' when it ran its course)
+    stopped: str = ""
 
     @property
     def lost(self) -> int:
@@ -236,7 +238,7 @@ class Orchestrator:
                     "p50_ms": p["p50"],
                     "p99_ms": p["p99"],
                     "max_ms": p["max"],
-                    "missing": max(0, counts["expected"] - counts["unique"]),
+                    "in_flight": max(0, counts["expected"] - counts["unique"]),
                     "loadgen_cpu_percent": round(cpu_pct, 1),
                 }
             )
@@ -339,7 +341,8 @@ class Orchestrator:
             share = rate * self.pub_share.get(w, 0) / pubs_total
             self.send_all("go", {"k": k, "rate": share, "duration": duration}, only={w})
         self.wait_until(lambda: active <= self.published_done | set(self.byes), duration * 2 + 30)
-        if self.interrupted or self.stop_reason:
+        stopped = self.stop_reason if (self.interrupted or self.stop_reason) else ""
+        if stopped:
             self.send_all("stop")
             was, self.interrupted = self.interrupted, False
             self.deadline = max(self.deadline, time.monotonic() + 10)
@@ -393,6 +396,7 @@ class Orchestrator:
             cpu_s=cpu,
             worker_cpu_max=worker_cpu_max,
             errors=errors,
+            stopped=stopped,
         )
 
     def finish(self) -> float:
@@ -432,6 +436,9 @@ class Orchestrator:
                 result = self.run_phase(k, rate, scn.duration)
                 phases.append(result)
                 if scn.ramp:
+                    if result.stopped:  # the run stopped, not the step: say which
+                        ramp_stop = f"{result.stopped} during the {rate:g} msgs/s step"
+                        break
                     broke = ramp_breach(result, scn)
                     if broke:
                         ramp_stop = f"{broke} at {rate:g} msgs/s"
@@ -466,12 +473,19 @@ class Orchestrator:
 
 
 def ramp_breach(result: PhaseResult, scn: Scenario) -> str:
-    """Why a ramp step does not count as sustained ('' when it does)."""
+    """Why a ramp step does not count as sustained ('' when it does): the first that applies of
+    a run stopped during it, publishes the server refused, loss, p99, and a generator that fell
+    behind its rate."""
     max_p99 = scn.max_p99_ms if scn.max_p99_ms is not None else 250.0
     max_loss = scn.max_loss if scn.max_loss is not None else 0.0
     expected = result.counts["expected"]
     loss = result.lost / expected if expected else 0.0
     p99 = result.latency.get_value_at_percentile(99.0) / 1000 if result.counts["received"] else 0
+    if result.stopped:
+        return f"cut short ({result.stopped})"
+    if result.counts["rejected"]:
+        codes = ", ".join(f"{n:,} {code}" for code, n in sorted(result.errors.items()))
+        return f"the server refused {result.counts['rejected']:,} publishes ({codes})"
     if loss > max_loss:
         return f"loss {loss:.4%} > {max_loss:.4%}"
     if p99 > max_p99:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, free_port
+from relay.limits import Rate
+from relay.settings import Settings
+from tests.conftest import ROOT, free_port, serve_in_thread
 from tests.loadtest.faulty_server import Faults, serve_faulty
 
 BASE = ["--clients", "20", "--rooms", "2", "--rate", "20", "--duration", "1", "--workers", "1",
@@ -32,7 +39,8 @@ def test_json_report_and_html(live_relay: Any, tmp_path: Path) -> None:
     report = json.loads(p.stdout)
     assert report == json.loads(out.read_text())
     assert report["lost"] == 0 and report["received"] == report["expected"] == 200
-    assert report["slo"] == {"passed": True, "failures": []}
+    assert report["slo"]["passed"] is True and report["slo"]["failures"] == []
+    assert len(report["slo"]["checks"]) == 2
     html = page.read_text()
     assert "<svg" in html and "http" not in html.replace(live_relay.url, "").replace(
         "http://www.w3.org/2000/svg", ""
@@ -103,3 +111,82 @@ def test_ctrl_c_stops_cleanly_and_still_reports() -> None:
     assert 5 <= report["published"] < 1200
     keys = ("published", "acked", "expected", "received", "lost", "late", "stop_reason")
     assert report["received"] > 0 and report["lost"] == 0, ({k: report[k] for k in keys}, faults)
+
+
+def test_host_port_url_and_plain_progress_lines_for_ci(live_relay: Any) -> None:
+    """``--url host:port`` as ``send`` and ``listen`` take it; stderr is not a terminal here,
+    so progress comes as plain lines while it runs, and the table ends with the verdict."""
+    p = loadtest("--url", f"127.0.0.1:{live_relay.port}", *BASE, "--max-loss", "0")
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert re.fullmatch(
+        r"\[0:0\d\] connecting 0% · 0:0\d left at most · connected \d+/20", lines[0]
+    )
+    publishing = [line for line in lines if "] publishing " in line]
+    assert publishing and all(" · in flight " in line for line in publishing), lines
+    assert "missing" not in p.stderr and "Traceback" not in p.stderr
+    assert p.stdout.rstrip().splitlines()[-1] == "SLOs passed: loss ratio 0 <= --max-loss 0"
+
+
+def test_a_ramp_cut_by_the_time_cap_says_so(live_relay: Any) -> None:
+    p = loadtest("--url", live_relay.url, "--clients", "10", "--rooms", "1", "--rate", "10",
+                 "--duration", "30", "--workers", "1", "--ramp", "--max-time", "4",
+                 "--json")  # fmt: skip
+    report = json.loads(p.stdout)
+    ramp = report["ramp"]
+    assert ramp["stop_reason"] == "hard time cap of 4s reached during the 10 msgs/s step"
+    assert ramp["steps"][0]["result"] == "cut short (hard time cap of 4s reached)"
+    assert "could not publish" not in p.stdout
+    assert p.returncode == 1  # no step was sustained
+
+
+@contextlib.contextmanager
+def refusing_server(status: str) -> Iterator[str]:
+    """Answers every request with ``status`` and closes, as a relay at its limits does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(f"HTTP/1.1 {status}\r\ncontent-length: 0\r\n"
+                                 "connection: close\r\n\r\n".encode())  # fmt: skip
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_connections_refused_with_429_name_the_settings() -> None:
+    with refusing_server("429 Too Many Requests") as url:
+        p = loadtest("--url", url, *BASE)
+    assert p.returncode == 1 and p.stdout == ""
+    error = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1, p.stderr
+    assert "429 Too Many Requests" in error[0]
+    assert "RELAY_MAX_CONNECTIONS_PER_IP" in error[0] and "RELAY_CONNECT_RATE" in error[0]
+
+
+def test_publishes_refused_as_rate_limited_name_the_setting() -> None:
+    with serve_in_thread(Settings(publish_rate=Rate(2.0, 2.0))) as live:
+        p = loadtest("--url", live.url, "--clients", "4", "--rooms", "1", "--rate", "40",
+                     "--duration", "1", "--workers", "1", "--drain", "2", "--json")  # fmt: skip
+    report = json.loads(p.stdout)
+    assert report["ack_errors"]["rate_limited"] > 0
+    note = report["server_refusals"][0]
+    assert note.startswith(f"the server refused {report['ack_errors']['rate_limited']:,} ")
+    assert "rate_limited" in note and "RELAY_PUBLISH_RATE" in note
+    assert note in p.stderr.splitlines()  # next to --json: on stderr, one line
