@@ -164,6 +164,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     relay = Relay(settings, EngineIOTransport(sio.eio))
     handlers.register(sio, relay)
     edge = EdgeGuard(settings)
+    sio.eio.edge = edge  # (new sessions are held to the per-IP connect rate)
     started = time.monotonic()
 
     async def healthz(request: Request) -> Response:

@@ -8,11 +8,15 @@ the count when it upgrades, so each connection is counted from accept to close e
 
 - ``max_connections``: past it a new connection is answered ``503 unavailable`` and closed at
   once, before a byte of its request is read.
-- ``max_connections_per_ip`` and ``connect_rate`` (a token bucket per IP): past either, ``429
-  rate_limited`` and closed. The IP is the socket's peer, looked up when the connection is
-  accepted; behind a proxy (``trust_proxy``) it is the last ``X-Forwarded-For`` entry, so it is
-  checked once the first request's headers are complete, and counted until that TCP connection
-  closes.
+- ``max_connections_per_ip``: past it, ``429 rate_limited`` and closed. The IP is the socket's
+  peer, looked up when the connection is accepted; behind a proxy (``trust_proxy``) it is the
+  last ``X-Forwarded-For`` entry, so it is checked once the first request's headers are
+  complete, and counted until that TCP connection closes.
+- ``connect_rate`` (a token bucket per IP) counts new Engine.IO sessions, not TCP connections:
+  an HTTP client without keep-alive (Node's long-polling transport, a serverless function
+  calling the API) opens a TCP connection per request, which is not a new client.
+  :meth:`EdgeGuard.session` is asked by the Engine.IO server (relay.engine) when a session
+  opens; past the rate, ``429 rate_limited`` with ``Retry-After``.
 - ``header_timeout``: from accept (or from the first byte of a keep-alive connection's next
   request) until the request's headers are complete, and again until its body is: past it the
   connection is closed, with a ``408`` when nothing of a response was sent yet. One timer per
@@ -60,9 +64,7 @@ class EdgeGuard:
         self.per_ip = PerKeyCount(settings.max_connections_per_ip)
         self.rates = Buckets(settings.connect_rate, clock=clock)
         self.trust_proxy = settings.trust_proxy
-        self.by_ip = bool(
-            settings.max_connections_per_ip or settings.connect_rate.enabled or self.trust_proxy
-        )
+        self.by_ip = bool(settings.max_connections_per_ip or self.trust_proxy)
         #: the peer address decides the IP (no proxy in front): checked at accept
         self.ip_at_accept = self.by_ip and not self.trust_proxy
         self.refused = {"max_connections": 0, "max_connections_per_ip": 0, "connect_rate": 0}
@@ -103,20 +105,24 @@ class EdgeGuard:
             self._timer = loop.call_later(self._interval(), self._sweep, loop)
         return None
 
+    def session(self, ip: str) -> RateLimited | None:
+        """A new Engine.IO session from ``ip``: None when the connect rate allows it, else the
+        error refusing it (counted and logged here; the engine answers it)."""
+        wait = self.rates.take(ip)
+        if not wait:
+            return None
+        rate = self.rates.rate
+        error = RateLimited(
+            f"too many new connections from {ip}: at most {rate.per_s:g} a second, in"
+            f" bursts of {rate.burst:g} (RELAY_CONNECT_RATE); retry in {wait:.3f} s",
+            retry_after=wait,
+        )
+        self._count_refusal("connect_rate", error)
+        return error
+
     def admit(self, ip: str) -> bytes | None:
         """Count a connection under ``ip`` (from :meth:`accept`, or behind a proxy once its
         headers are in, for a connection :meth:`accept` counted), or the answer refusing it."""
-        wait = self.rates.take(ip)
-        if wait:
-            rate = self.rates.rate
-            return self._refuse(
-                "connect_rate",
-                RateLimited(
-                    f"too many new connections from {ip}: at most {rate.per_s:g} a second, in"
-                    f" bursts of {rate.burst:g} (RELAY_CONNECT_RATE); retry in {wait:.3f} s",
-                    retry_after=wait,
-                ),
-            )
         if not self.per_ip.acquire(ip):
             return self._refuse(
                 "max_connections_per_ip",
@@ -134,12 +140,15 @@ class EdgeGuard:
             self.per_ip.release(ip)
 
     def _refuse(self, reason: str, error: RelayError) -> bytes:
+        self._count_refusal(reason, error)
+        return refusal(error)
+
+    def _count_refusal(self, reason: str, error: RelayError) -> None:
         self.refused[reason] += 1
         now = time.monotonic()
         if now - self._logged.get(reason, -LOG_EVERY) >= LOG_EVERY:
             self._logged[reason] = now
             log.warning("refusing connections: %s (counts in /healthz under edge)", error.message)
-        return refusal(error)
 
     # -- the header timeout --------------------------------------------------------------------
 
@@ -197,7 +206,7 @@ def refusal(error: RelayError, status: int | None = None) -> bytes:
     """A whole HTTP/1.1 response carrying ``error`` as the contract's error body, after which
     the connection closes."""
     status = status or error.http_status
-    body = orjson.dumps({"error": error.to_dict()})
+    body = refusal_body(error)
     head = [
         b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"")),
         b"content-type: application/json\r\n",
@@ -208,6 +217,11 @@ def refusal(error: RelayError, status: int | None = None) -> bytes:
     if retry_after is not None:
         head.append(b"retry-after: %d\r\n" % max(1, round(retry_after + 0.5)))
     return b"".join([*head, b"\r\n", body])
+
+
+def refusal_body(error: RelayError) -> bytes:
+    """The contract's error body for ``error``."""
+    return orjson.dumps({"error": error.to_dict()})
 
 
 def guard_of(app: Any) -> EdgeGuard | None:
@@ -237,4 +251,4 @@ def forwarded_ip(headers: list[tuple[bytes, bytes]]) -> str | None:
     return last.decode("latin-1")[:64] or None
 
 
-__all__ = ["EdgeGuard", "forwarded_ip", "guard_of", "refusal"]
+__all__ = ["EdgeGuard", "forwarded_ip", "guard_of", "refusal", "refusal_body"]

@@ -33,6 +33,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import engineio
@@ -42,6 +43,8 @@ from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
 from relay import fastws, polling
+from relay.edge import EdgeGuard, forwarded_ip, refusal, refusal_body
+from relay.errors import RelayError
 
 log = logging.getLogger("relay.engine")
 
@@ -725,6 +728,9 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         self.start_service_task = False  # the PingScheduler does its job
         self._async = {**self._async, "translate_request": translate_request}
         self.pings = PingScheduler(self)
+        #: the transport edge's limits (relay.edge): asked about every new session (the
+        #: per-IP connect rate); None when the application has none
+        self.edge: EdgeGuard | None = None
         self._message_now: Any = _UNRESOLVED
         #: (the coroutine registered with ``on("connect")``, the same as a plain function of
         #: (sid, environ) that accepts every connection): while that coroutine is the handler,
@@ -796,6 +802,16 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
             name == b"origin" for name, _ in headers
         ):
             return False  # (python-engineio checks it)
+        edge = self.edge
+        if edge is not None and edge.rates.rate.enabled:
+            ip = forwarded_ip(headers) if edge.trust_proxy else None
+            if ip is None:
+                client = fast.client
+                ip = client[0] if client else "?"
+            error = edge.session(ip)
+            if error is not None:
+                fast.refuse_with(refusal(error))
+                return True
         environ = websocket_environ(path, query.decode("latin-1"), headers)
         sid = self.generate_id()
         sock = RelaySocket(self, sid, _NO_QUEUE)
@@ -814,6 +830,11 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
     async def _handle_connect(
         self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
     ) -> Any:
+        edge = self.edge
+        if edge is not None and edge.rates.rate.enabled:
+            error = edge.session(self._client_ip(environ, edge.trust_proxy))
+            if error is not None:
+                return _error_answer(error)
         sid = self.generate_id()
         sock = RelaySocket(self, sid)
         self.sockets[sid] = sock
@@ -835,6 +856,17 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
             return self._ok(await sock.poll(), jsonp_index=jsonp_index)
         except eio_exceptions.QueueEmpty:
             return self._bad_request()
+
+    @staticmethod
+    def _client_ip(environ: dict[str, Any], trust_proxy: bool) -> str:
+        """A request's client IP: the socket's peer, or behind a trusted proxy the last
+        ``X-Forwarded-For`` entry."""
+        if trust_proxy:
+            forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+            if forwarded:
+                return str(forwarded).rsplit(",", 1)[-1].strip()[:64] or "?"
+        client = (environ.get("asgi.scope") or {}).get("client")
+        return str(client[0]) if client else "?"
 
     def _check_connect_of(self, sock: RelaySocket) -> None:
         """A new session: it has ``connect_timeout`` to connect to a Socket.IO namespace."""
@@ -888,6 +920,16 @@ async def _close_slow(sock: RelaySocket, reason: str) -> None:
         await sock.close(wait=False, abort=True, reason=reason)
     except Exception:
         log.exception("closing %s as a slow client", sock.sid)
+
+
+def _error_answer(error: RelayError) -> dict[str, Any]:
+    """python-engineio's response dict carrying ``error`` as the contract's error body."""
+    headers = [("Content-Type", "application/json")]
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers.append(("Retry-After", str(max(1, round(retry_after + 0.5)))))
+    status = f"{error.http_status} {HTTPStatus(error.http_status).phrase}"
+    return {"status": status, "headers": headers, "response": refusal_body(error)}
 
 
 __all__ = ["PingScheduler", "RelayEngine", "RelaySocket"]

@@ -502,6 +502,15 @@ class FastWebSocketProtocol(asyncio.Protocol):
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    def refuse_with(self, answer: bytes) -> None:
+        """Answer the handshake with ``answer`` (a whole HTTP response: relay.edge's refusals)
+        instead of upgrading, and close."""
+        self.response = None
+        self.handshake_complete = True
+        self.close_sent = True
+        self.transport.write(answer)
+        self.transport.close()
+
     def _refuse(
         self, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:

@@ -11,12 +11,15 @@ import asyncio
 import socket
 from typing import Any
 
+import httpx
 import orjson
+import pytest
 import socketio
 
 from relay.limits import OFF, Rate
 from relay.settings import Settings
 from tests.conftest import LiveRelay, serve_in_thread, wait_for
+from tests.relay.conftest import close_client
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -206,17 +209,67 @@ async def test_past_the_total_cap_new_connections_get_503() -> None:
         assert edge["max_connections"] == 2 and edge["ips"] is None  # (no per-IP limit: no look-up)
 
 
-async def test_new_connections_per_ip_are_rate_limited() -> None:
+def _ws_handshake(port: int, headers: str = "") -> Response:
+    """A websocket handshake on /socket.io/ (a new Engine.IO session); the 101's head, or the
+    refusal."""
+    conn = Http(port)
+    try:
+        conn.sock.sendall(
+            (
+                "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: relay\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"{headers}\r\n"
+            ).encode()
+        )
+        return conn.response()
+    finally:
+        conn.close()
+
+
+async def test_new_sessions_per_ip_are_rate_limited_not_http_requests() -> None:
     settings = Settings(connect_rate=Rate(0.1, 3), max_connections_per_ip=0)
     with serve_in_thread(settings, edge_limits=True) as live:
-        for _ in range(3):  # the burst
+        # HTTP requests on new TCP connections are not new clients (Node's long-polling and a
+        # serverless function calling the API open one per request): never rate limited
+        for _ in range(10):
             assert _healthz_status(live.port) == 200
-        refusal = await asyncio.to_thread(_refused, live.port)
+        # new Engine.IO sessions are: the burst over polling and websocket, then 429
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            for _ in range(2):
+                r = await http.get("/socket.io/?EIO=4&transport=polling")
+                assert r.status_code == 200 and r.text.startswith("0{"), r.text
+            assert (await asyncio.to_thread(_ws_handshake, live.port))[0] == 101
+            r = await http.get("/socket.io/?EIO=4&transport=polling")
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["code"] == "rate_limited"
+            assert "RELAY_CONNECT_RATE" in r.json()["error"]["message"]
+        refusal = await asyncio.to_thread(_ws_handshake, live.port)
         _error(refusal, 429, "rate_limited", "RELAY_CONNECT_RATE")
         assert int(refusal[1]["retry-after"]) >= 1
         assert orjson.loads(refusal[2])["error"]["retry_after_ms"] > 0
-        edge = live.app.state.edge.describe()  # (the guard itself: no connection to ask with)
-        assert edge["refused"]["connect_rate"] == 1 and edge["connect_rate"] == "0.1/s,3"
+        # (the official clients see a connect_error and retry with backoff)
+        client = socketio.AsyncClient(reconnection=False)
+        try:
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await client.connect(live.url, transports=["websocket"], wait_timeout=5)
+        finally:
+            await close_client(client)
+        edge = live.app.state.edge.describe()
+        assert edge["refused"]["connect_rate"] == 3 and edge["connect_rate"] == "0.1/s,3"
+
+
+async def test_behind_a_trusted_proxy_sessions_are_rated_by_forwarded_ip() -> None:
+    settings = Settings(trust_proxy=True, connect_rate=Rate(0.1, 1), max_connections_per_ip=0)
+    with serve_in_thread(settings, edge_limits=True) as live:
+        for ip in ("203.0.113.7", "198.51.100.1"):
+            head = f"X-Forwarded-For: 192.0.2.99, {ip}\r\n"
+            assert (await asyncio.to_thread(_ws_handshake, live.port, head))[0] == 101
+        refusal = await asyncio.to_thread(
+            _ws_handshake, live.port, "X-Forwarded-For: 203.0.113.7\r\n"
+        )
+        _error(refusal, 429, "rate_limited", "RELAY_CONNECT_RATE")
+        assert "203.0.113.7" in orjson.loads(refusal[2])["error"]["message"]
 
 
 async def test_behind_a_trusted_proxy_the_forwarded_ip_is_counted() -> None:
