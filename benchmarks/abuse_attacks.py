@@ -913,16 +913,19 @@ async def ghosts(ctx: Ctx) -> str:
         return "closed by server" if not conn.is_open else "left open"
 
     outcomes = await gather_limited(n, 50, ghost)
+    during = await ctx.connections()
     for conn in ctx.conns:
         conn.abort()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
+    t0 = time.monotonic()
     left = await ctx.connections()
-    while left != before and loop.time() < deadline:
+    while left != before and time.monotonic() - t0 < 5:
         await asyncio.sleep(0.1)
         left = await ctx.connections()
     said = counts(o if isinstance(o, str) else type(o).__name__ for o in outcomes)
-    return f"{n} ghosts ({said}); all closed: connections {before} -> {left} after 5s"
+    return (
+        f"{n} ghosts ({said}); connections {before} -> {during} while open"
+        f" -> {left} after all closed (waited {time.monotonic() - t0:.1f}s)"
+    )
 
 
 async def attachments(ctx: Ctx) -> str:
