@@ -24,8 +24,12 @@ nothing is lost between the two and nothing is delivered twice.
 
 Bounds: a session holds at most ``max_packets`` packets and ``max_bytes`` of them (the
 per-connection send buffer, the most a live connection may have queued); past either, or past
-``ttl``, it is forgotten and a reconnect starts afresh. Packets are the very strings other
-recipients got (encoded once), so a session costs a reference per packet, not a copy.
+``ttl``, it is forgotten and a reconnect starts afresh. All sessions together hold at most
+``max_total`` bytes: a client that drops connection after connection and sends their sids
+direct messages would otherwise make the server keep ``max_bytes`` for each of them. A session
+whose next packet would pass that bound is forgotten, like one that missed too much. Packets
+are the very strings other recipients got (encoded once), so a session costs a reference per
+packet, not a copy (the byte counts count them anyway: a direct message's packet is its own).
 
 What this cannot do: packets already written to the old socket when it died, but never read by
 the client, are gone (the server cannot tell them from packets the client did read without
@@ -71,10 +75,16 @@ class Recovery:
         max_bytes: int,
         max_packets: int = MAX_PACKETS,
         clock: Callable[[], float] = time.monotonic,
+        max_total: int = 0,
     ) -> None:
         self.ttl = ttl_s
         self.max_bytes = max_bytes
         self.max_packets = max_packets
+        self.max_total = max_total  # 0: no bound across sessions
+        #: bytes collected by every session together
+        self.total = 0
+        #: sessions forgotten because they (or all together) missed too much
+        self.overflowed = 0
         self._clock = clock
         self._pids: dict[str, str] = {}  # live sid -> pid
         self._by_pid: dict[str, Session] = {}
@@ -174,14 +184,21 @@ class Recovery:
         return 0 if session is None else self._add(session, packet)
 
     def _add(self, session: Session, packet: str) -> bool:
-        size = session.size + len(packet)
-        if len(session.packets) >= self.max_packets or size > self.max_bytes:
+        n = len(packet)
+        size = session.size + n
+        if (
+            len(session.packets) >= self.max_packets
+            or size > self.max_bytes
+            or (self.max_total and self.total + n > self.max_total)
+        ):
             # It missed more than it may be given back: a reconnect starts afresh.
             log.info("%s missed too much to be recovered", session.sid)
             self._drop(session)
+            self.overflowed += 1
             return False
         session.packets.append(packet)
         session.size = size
+        self.total += n
         return True
 
     # -- housekeeping --------------------------------------------------------------------------
@@ -204,6 +221,7 @@ class Recovery:
         if session.user is not None:
             _discard(self._by_user, session.user, session.sid)
         session.packets.clear()
+        self.total -= session.size
         session.size = 0
 
 

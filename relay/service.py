@@ -58,7 +58,9 @@ class Relay:
         self._clock = clock_ms
         self._ids = envelope.IdFactory()
         # connection state recovery (relay.recovery): dropped connections' sessions
-        self.recovery = Recovery(settings.recovery_ttl, settings.max_buffer)
+        self.recovery = Recovery(
+            settings.recovery_ttl, settings.max_buffer, max_total=settings.recovery_max_bytes
+        )
         self.stats = {"published": 0, "delivered": 0, "direct": 0, "rate_limited": 0}
         #: (expiry in Unix seconds, sid) of connections whose token expires (a heap; entries of
         #: connections gone are skipped when they come up, and compacted when they pile up)
@@ -339,6 +341,8 @@ class Relay:
             "rooms": self.registry.room_count(),  # with members
             "rooms_known": len(self.history),  # with members or history: RELAY_MAX_ROOMS
             "recoverable": len(self.recovery),
+            "recovery_bytes": self.recovery.total,
+            "recovery_overflowed": self.recovery.overflowed,
             "history_bytes": self.history.bytes,
             "history_evicted": self.history.evicted,
             **self.stats,
@@ -348,6 +352,7 @@ class Relay:
                 "history_max_bytes": settings.history_max_bytes,
                 "history_size": settings.history_size,
                 "max_buffer": settings.max_buffer,
+                "recovery_max_bytes": settings.recovery_max_bytes,
                 "max_payload": settings.max_payload,
                 "publish_rate": str(settings.publish_rate),
                 "join_rate": str(settings.join_rate),

@@ -122,6 +122,8 @@ class Settings:
     # -- limits: what one client may make the server hold or do (0 turns a cap or a rate off) --
     #: bytes of history kept across all rooms; past it the biggest room's oldest messages go
     history_max_bytes: int = 64 * 1024 * 1024
+    #: bytes kept for every dropped connection awaiting recovery together
+    recovery_max_bytes: int = 64 * 1024 * 1024
     #: rooms the server keeps (with members or with history)
     max_rooms: int = 50_000
     #: rooms one connection may be in at once
@@ -183,6 +185,7 @@ class Settings:
             ("RELAY_RECOVERY_TTL", self.recovery_ttl, 0),
             ("RELAY_HISTORY_MAX_BYTES", self.history_max_bytes, 0),
             ("RELAY_MAX_ROOMS", self.max_rooms, 0),
+            ("RELAY_RECOVERY_MAX_BYTES", self.recovery_max_bytes, 0),
             ("RELAY_MAX_ROOMS_PER_CONNECTION", self.max_rooms_per_connection, 0),
             ("RELAY_MAX_CONNECTIONS", self.max_connections, 0),
             ("RELAY_MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip, 0),
@@ -226,6 +229,7 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "redis_url": ("REDIS_URL", parse_optional),
     "history_max_bytes": ("RELAY_HISTORY_MAX_BYTES", parse_size),
     "max_rooms": ("RELAY_MAX_ROOMS", parse_int),
+    "recovery_max_bytes": ("RELAY_RECOVERY_MAX_BYTES", parse_size),
     "max_rooms_per_connection": ("RELAY_MAX_ROOMS_PER_CONNECTION", parse_int),
     "max_connections": ("RELAY_MAX_CONNECTIONS", parse_int),
     "max_connections_per_ip": ("RELAY_MAX_CONNECTIONS_PER_IP", parse_int),

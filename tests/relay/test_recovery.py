@@ -84,6 +84,25 @@ def test_sessions_expire_and_overflow() -> None:
     assert rec.find(d) is None
 
 
+def test_all_sessions_together_hold_at_most_max_total() -> None:
+    # A client dropping connection after connection, then sending each dropped sid direct
+    # messages, made the server keep max_bytes for every one of them.
+    clock = Clock()
+    rec = Recovery(10, 1000, 100, clock, max_total=2500)
+    pids = [rec.issue(f"s{i}") for i in range(10)]
+    for i in range(10):
+        rec.hold(f"s{i}", None, [])
+    packet = "x" * 400
+    kept = [sum(rec.to_sid(f"s{i}", packet) for _ in range(2)) for i in range(10)]
+    assert rec.total <= 2500 and rec.total == 400 * sum(kept)
+    assert kept[:3] == [2, 2, 2] and kept[3] == 0 and rec.overflowed >= 1
+    assert rec.find(pids[3] or "") is None  # forgotten: its client rejoins with since
+    # a claim gives the bytes back
+    session = rec.find(pids[0] or "")
+    assert session is not None and rec.claim(session) == [packet, packet]
+    assert rec.total == 400 * (sum(kept) - 2)
+
+
 def test_no_pid_and_nothing_held_when_off_or_said_goodbye() -> None:
     off, _ = store(ttl=0)
     assert off.issue("s") is None and off.hold("s", None, ["r"]) is None and not off.enabled

@@ -46,6 +46,7 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("REDIS_URL", "redis://127.0.0.1:6379/0", "redis_url", "redis://127.0.0.1:6379/0"),
     ("RELAY_HISTORY_MAX_BYTES", "256MiB", "history_max_bytes", 256 * 1024 * 1024),
     ("RELAY_MAX_ROOMS", "1000", "max_rooms", 1000),
+    ("RELAY_RECOVERY_MAX_BYTES", "8MiB", "recovery_max_bytes", 8 * 1024 * 1024),
     ("RELAY_MAX_ROOMS_PER_CONNECTION", "0", "max_rooms_per_connection", 0),
     ("RELAY_MAX_CONNECTIONS", "20000", "max_connections", 20000),
     ("RELAY_MAX_CONNECTIONS_PER_IP", "50", "max_connections_per_ip", 50),
