@@ -143,7 +143,12 @@ async def main(a: argparse.Namespace) -> None:
     # what is timed is the path, not the limits: its one connection publishes 255,000 directs
     # as fast as it can, past any rate a client is held to
     settings = Settings(
-        port=0, host="127.0.0.1", log_level="warning", publish_rate=OFF, max_connections_per_ip=0
+        port=0,
+        host="127.0.0.1",
+        log_level="warning",
+        publish_rate=OFF,
+        delivery_rate=OFF,
+        max_connections_per_ip=0,
     )
     config = uvicorn_config(settings)
     server = RelayServer(config)

@@ -17,6 +17,11 @@ the count when it upgrades, so each connection is counted from accept to close e
   calling the API) opens a TCP connection per request, which is not a new client.
   :meth:`EdgeGuard.session` is asked by the Engine.IO server (relay.engine) when a session
   opens; past the rate, ``429 rate_limited`` with ``Retry-After``.
+- ``inbound_rate`` (bytes a second, a token bucket per IP shared by its connections): a
+  connection whose read puts its IP's bucket in debt stops reading until the debt is paid, so
+  TCP slows the sender down. Nothing is refused or dropped; a flood of large publishes from
+  many connections of one IP costs the server what the rate allows, not what the network can
+  carry. (Without an IP, with the per-IP cap off and no proxy, each connection has its own.)
 - ``header_timeout``: from accept (or from the first byte of a keep-alive connection's next
   request) until the request's headers are complete, and again until its body is: past it the
   connection is closed, with a ``408`` when nothing of a response was sent yet. One timer per
@@ -38,7 +43,7 @@ from typing import Any, Protocol
 import orjson
 
 from relay.errors import RateLimited, RelayError, Unavailable
-from relay.limits import Buckets, PerKeyCount
+from relay.limits import Bucket, Buckets, PerKeyCount
 from relay.settings import Settings
 
 log = logging.getLogger("relay.edge")
@@ -64,11 +69,18 @@ class EdgeGuard:
         self.per_ip = PerKeyCount(settings.max_connections_per_ip)
         self.rates = Buckets(settings.connect_rate, clock=clock)
         self.trust_proxy = settings.trust_proxy
-        self.by_ip = bool(settings.max_connections_per_ip or self.trust_proxy)
+        self.inbound_rate = settings.inbound_rate
+        #: IP -> [its inbound byte bucket, the connections sharing it]
+        self._inbound: dict[str, list[Any]] = {}
+        self.by_ip = bool(
+            settings.max_connections_per_ip or self.trust_proxy or self.inbound_rate.enabled
+        )
         #: the peer address decides the IP (no proxy in front): checked at accept
         self.ip_at_accept = self.by_ip and not self.trust_proxy
         self.refused = {"max_connections": 0, "max_connections_per_ip": 0, "connect_rate": 0}
         self.header_timeouts = 0
+        #: times a connection stopped reading to keep its IP to the inbound rate
+        self.throttled = 0
         self.header_timeout = settings.header_timeout
         #: connections waiting for their headers or body -> when they must have them
         self.waiting: dict[Watched, float] = {}
@@ -138,6 +150,26 @@ class EdgeGuard:
         self.open -= 1
         if ip is not None:
             self.per_ip.release(ip)
+            shared = self._inbound.get(ip)
+            if shared is not None:
+                shared[1] -= 1
+                if shared[1] <= 0:
+                    del self._inbound[ip]
+
+    def inbound_for(self, ip: str | None) -> Bucket | None:
+        """The inbound byte bucket of a connection admitted under ``ip`` (shared by every
+        connection of that IP, until :meth:`release` of the last), or None when there is no
+        inbound rate. Call once per admitted connection."""
+        rate = self.inbound_rate
+        if not rate.enabled:
+            return None
+        if ip is None:
+            return Bucket(rate, time.monotonic())
+        shared = self._inbound.get(ip)
+        if shared is None:
+            shared = self._inbound[ip] = [Bucket(rate, time.monotonic()), 0]
+        shared[1] += 1
+        return shared[0]  # type: ignore[no-any-return]
 
     def _refuse(self, reason: str, error: RelayError) -> bytes:
         self._count_refusal(reason, error)
@@ -188,6 +220,8 @@ class EdgeGuard:
             "max_connections": self.max_connections,
             "max_connections_per_ip": self.per_ip.limit,
             "connect_rate": str(self.rates.rate),
+            "inbound_rate": str(self.inbound_rate),
+            "inbound_throttled": self.throttled,
             "trust_proxy": self.trust_proxy,
             # (None: no per-IP limit is set, so IPs are not looked up)
             "ips": len(self.per_ip) if self.by_ip else None,

@@ -441,7 +441,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         if backlog is not None:  # a reader is at work: in order, after what it has
             backlog.append(data)
             if len(backlog) > _BACKLOG_PAUSE and self.fast is not None:
-                self.fast.transport.pause_reading()
+                self.fast.hold(fastws.HOLD_BACKLOG)
             return
         if data == "3":  # PONG: the commonest packet of an idle connection, handled inline
             self.schedule_ping()  # (a closed session's is never sent: PingScheduler)
@@ -522,7 +522,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
                     return
                 if fast is not None and len(backlog) == _BACKLOG_PAUSE // 2:
                     with contextlib.suppress(Exception):
-                        fast.transport.resume_reading()
+                        fast.release(fastws.HOLD_BACKLOG)
         finally:
             self._backlog = None
 

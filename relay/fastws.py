@@ -32,6 +32,7 @@ import binascii
 import hashlib
 import logging
 import struct
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -45,12 +46,24 @@ from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remo
 
 from relay.edge import EdgeGuard, forwarded_ip, guard_of, refusal
 from relay.errors import BadRequest
+from relay.limits import OFF, Bucket
 
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover  (a websockets built without its C extension)
     # the same XOR in pure Python: linear too (one big-integer XOR), about 10x slower
     from websockets.utils import apply_mask
+
+#: why a connection's reading is paused (FastWebSocketProtocol.holds): reading resumes when no
+#: reason is left. The ASGI inbox has unread messages; the Engine.IO reader's backlog is long
+#: (relay.engine); the client IP is over its inbound byte rate (relay.edge)
+HOLD_INBOX = 1
+HOLD_BACKLOG = 2
+HOLD_INBOUND = 4
+
+#: bytes received by a connection between two charges to its IP's inbound bucket (relay.edge):
+#: the rate is kept to within this much per connection, and a small read costs an addition
+METER_EVERY = 16 * 1024
 
 EXTENSION = "relay.fastws"
 
@@ -265,6 +278,9 @@ class FastWebSocketProtocol(asyncio.Protocol):
         "fragment_size",
         "fragments",
         "handshake_complete",
+        "holds",
+        "inbound",
+        "inbound_rate",
         "inbox",
         "limit",
         "loop",
@@ -275,7 +291,6 @@ class FastWebSocketProtocol(asyncio.Protocol):
         "paused",
         "pending",
         "queued",
-        "read_paused",
         "response",
         "rest",
         "room",
@@ -283,6 +298,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
         "scope",
         "server_state",
         "transport",
+        "unmetered",
         "waiter",
     )
 
@@ -316,7 +332,13 @@ class FastWebSocketProtocol(asyncio.Protocol):
         self.close_sent = False
         self.disconnected = False
         self.close_timer: asyncio.TimerHandle | None = None
-        self.read_paused = False
+        #: why reading is paused (HOLD_* bits; read again when none is left)
+        self.holds = 0
+        #: the client IP's inbound byte bucket (relay.edge), shared with its other connections
+        self.inbound: Bucket | None = None
+        self.inbound_rate = OFF
+        #: bytes received and not yet charged to ``inbound`` (see ``data_received``)
+        self.unmetered = 0
         #: a denial response being assembled (``websocket.http.response.*``)
         self.response: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
         #: unparsed input (a frame's first part) and how many bytes of it the parser needs
@@ -568,9 +590,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
         if inbox is None:  # detached: nothing comes this way any more
             return {"type": "websocket.disconnect", "code": 1005}
         message = await inbox.get()
-        if self.read_paused and inbox.empty():
-            self.read_paused = False
-            self.transport.resume_reading()
+        if self.holds & HOLD_INBOX and inbox.empty():
+            self.release(HOLD_INBOX)
         return message  # type: ignore[no-any-return]
 
     async def send(self, message: Any) -> None:
@@ -695,9 +716,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
                     break
         if self.disconnected:
             self._closed(1006, "")
-        if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
+        if self.holds & HOLD_INBOX:
+            self.release(HOLD_INBOX)
 
     def _closed(self, code: int, reason: str) -> None:
         """Tell the application (once, when detached) that the connection is over."""
@@ -712,6 +732,15 @@ class FastWebSocketProtocol(asyncio.Protocol):
     # -- frames in -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.inbound is not None:
+            # bytes are charged to the IP's bucket a few KiB at a time: a small read (most of
+            # them) costs an addition here, not the bucket's arithmetic
+            unmetered = self.unmetered + len(data)
+            if unmetered < METER_EVERY:
+                self.unmetered = unmetered
+            else:
+                self.unmetered = 0
+                self.meter(unmetered)
         rest = self.rest
         if rest is not None:
             # a frame's first part is waiting: gather reads in place (amortized linear, where
@@ -846,9 +875,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
             elif self.inbox is not None:
                 kind = "text" if opcode == 1 else "bytes"
                 self.inbox.put_nowait({"type": "websocket.receive", kind: message})
-                if not self.read_paused:
-                    self.read_paused = True
-                    self.transport.pause_reading()
+                self.hold(HOLD_INBOX)
         if pos < n and not self.close_sent:
             self.rest = bytearray(memoryview(data)[pos:])
             self.need = want - pos if want > pos else 2
@@ -871,6 +898,35 @@ class FastWebSocketProtocol(asyncio.Protocol):
         self.transport.write(close_frame(code) if payload else frame(0x8, b""))
         self.transport.close()
         self._closed(code, reason)
+
+    def hold(self, reason: int) -> None:
+        """Stop reading for ``reason`` (a HOLD_* bit) until :meth:`release` of it."""
+        if not self.holds:
+            self.transport.pause_reading()
+        self.holds |= reason
+
+    def release(self, reason: int) -> None:
+        """``reason`` no longer holds reading back; read again when nothing else does."""
+        if self.holds & reason:
+            self.holds &= ~reason
+            if not self.holds and not self.disconnected:
+                self.transport.resume_reading()
+
+    def meter(self, received: int) -> None:
+        """Charge ``received`` bytes to the IP's inbound bucket; past its rate, throttle."""
+        inbound = self.inbound
+        if inbound is not None:
+            debt = inbound.spend(self.inbound_rate, time.monotonic(), received)
+            if debt:
+                self.throttle(debt)
+
+    def throttle(self, seconds: float) -> None:
+        """The client IP sent more than its inbound rate: read nothing for ``seconds``."""
+        if not self.holds & HOLD_INBOUND:
+            self.hold(HOLD_INBOUND)
+            self.loop.call_later(seconds, self.release, HOLD_INBOUND)
+            if self.edge is not None:
+                self.edge.throttled += 1
 
     def fail(self, code: int, reason: str) -> None:
         """A protocol error: close with ``code`` at once (RFC 6455 §7.1.7)."""
@@ -896,8 +952,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
         self.close_sent = True
         # (a close frame is written past the limit: one per connection)
         self.transport.write(close_frame(code, reason))
-        if self.read_paused:
-            self.read_paused = False
+        if self.holds:  # (read the client's answer, whatever held reading back)
+            self.holds = 0
             self.transport.resume_reading()
         self.close_timer = self.loop.call_later(self.CLOSE_TIMEOUT, self.transport.close)
         self._closed(code, reason)
@@ -1154,6 +1210,7 @@ class HttpProtocol(HttpToolsProtocol):
                 self._refuse(answer)
                 raise _Refused  # (ends this read's parse: see data_received)
             self._edge_ip = ip
+            self._meter(edge, ip)
         scope = self.scope
         super().on_headers_complete()
         cycle = self.cycle
@@ -1179,6 +1236,12 @@ class HttpProtocol(HttpToolsProtocol):
     _edge_ip: str | None = None
     #: the guard's header timeout runs: the request's headers (or body) are not all in yet
     _watched = False
+    #: the client IP's inbound byte bucket (relay.edge), its rate, and whether reading is
+    #: paused to keep to it
+    _inbound: Bucket | None = None
+    _inbound_rate = OFF
+    _throttled = False
+    _unmetered = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn's, with the addresses left to look up (see the class's docstring), then the
@@ -1209,6 +1272,18 @@ class HttpProtocol(HttpToolsProtocol):
         self._edge = edge
         self._edge_ip = ip
         self._watched = True
+        if ip is not None or not edge.trust_proxy:  # (behind a proxy: once the IP is known)
+            self._meter(edge, ip)
+
+    def _meter(self, edge: EdgeGuard, ip: str | None) -> None:
+        """Count what this connection receives against its IP's inbound rate."""
+        inbound = self._inbound = edge.inbound_for(ip)
+        if inbound is not None:
+            self._inbound_rate = edge.inbound_rate
+            if not isinstance(self.flow, _Flow):
+                flow = _Flow(self.transport, self)
+                flow.read_paused = self.flow.read_paused
+                self.flow = flow
 
     def _refuse(self, answer: bytes) -> None:
         """Answer with the edge's refusal and close (the count is released on close)."""
@@ -1236,7 +1311,20 @@ class HttpProtocol(HttpToolsProtocol):
         transport.close()
 
     def data_received(self, data: bytes) -> None:
-        # uvicorn's, where a request the edge refused once its headers were in ends the parse
+        # uvicorn's, where a request the edge refused once its headers were in ends the parse,
+        # and the client IP's inbound rate may stop reading for a while
+        inbound = self._inbound
+        if inbound is not None and len(data) + self._unmetered >= METER_EVERY:
+            received, self._unmetered = len(data) + self._unmetered, 0
+            debt = inbound.spend(self._inbound_rate, time.monotonic(), received)
+            if debt and not self._throttled:
+                self._throttled = True
+                self.transport.pause_reading()
+                self.loop.call_later(debt, self._unthrottle)
+                if self._edge is not None:
+                    self._edge.throttled += 1
+        elif inbound is not None:
+            self._unmetered += len(data)
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -1251,6 +1339,14 @@ class HttpProtocol(HttpToolsProtocol):
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
             self.send_400_response(msg)
+
+    def _unthrottle(self) -> None:
+        transport = self.transport
+        if transport is None or transport.get_protocol() is not self:
+            return  # upgraded meanwhile: the websocket protocol holds its own pause
+        self._throttled = False
+        if not self.flow.read_paused and not transport.is_closing():
+            transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         edge = self._edge
@@ -1281,10 +1377,32 @@ class HttpProtocol(HttpToolsProtocol):
                 self._edge = None
                 protocol.edge = edge
                 protocol.edge_ip = self._edge_ip
+                protocol.inbound = self._inbound
+                protocol.inbound_rate = self._inbound_rate
+                if self._throttled and self._inbound is not None:
+                    # reading is paused for the rate: the websocket's own hold takes it over
+                    self._throttled = False
+                    protocol.holds = HOLD_INBOUND
+                    debt = max(0.0, -self._inbound.tokens) / self._inbound_rate.per_s
+                    self.loop.call_later(debt, protocol.release, HOLD_INBOUND)
             transport.set_protocol(protocol)
             protocol.upgrade(self.scope["method"], self.url, self.headers, self.scope)
         self.parser = None  # type: ignore[assignment]
         self.cycle = None  # type: ignore[assignment]
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control, which leaves reading paused while the inbound rate holds it."""
+
+    def __init__(self, transport: asyncio.Transport, owner: HttpProtocol) -> None:
+        super().__init__(transport)
+        self._owner = owner
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            if not self._owner._throttled:
+                self._transport.resume_reading()
 
 
 class _Refused(Exception):

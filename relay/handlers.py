@@ -45,7 +45,8 @@ def on_publish(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
     exclude_self = names.flag(p.get("exclude_self", False), "exclude_self")
     member = relay.member(sid)
     member.identity.check_room(room, "publish to")
-    relay.throttle_publish(member)
+    if relay.publish_limited:
+        relay.throttle_publish(member, relay.registry.count(room))
     message = relay.publish(Sender(sid, member.user), room, event, p["data"], exclude_self)
     return {"ok": True, "id": message.id, "offset": message.offset}
 
@@ -62,7 +63,8 @@ def on_direct(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
     if "data" not in p:
         raise BadRequest("'direct' needs 'data'")
     member = relay.member(sid)
-    relay.throttle_publish(member)
+    if relay.publish_limited:
+        relay.throttle_publish(member, 1 if user is None else relay.registry.user_count(user))
     message, delivered = relay.direct(
         Sender(sid, member.user), to=to, user=user, event=event, data=p["data"]
     )

@@ -39,10 +39,11 @@ class Rate:
 OFF = Rate(0.0, 0.0)
 
 
-def parse_rate(key: str, raw: str) -> Rate:
+def parse_rate(key: str, raw: str, amount: Callable[[str], float] = float) -> Rate:
     """``"100"``, ``"100/s"``, ``"100/s,200"`` (rate, then burst), ``"6000/m"``, ``"0"``/``"off"``.
 
-    Without a burst, the burst is twice the per-second rate (at least 1).
+    Without a burst, the burst is twice the per-second rate (at least 1). ``amount`` parses
+    the numbers (sizes for a byte rate: ``"8MiB/s,32MiB"``).
     """
     text = raw.strip().lower().replace(" ", "")
     if text in ("0", "off", "none", "unlimited"):
@@ -51,16 +52,16 @@ def parse_rate(key: str, raw: str) -> Rate:
     number, _, unit = rate_text.partition("/")
     scale = {"": 1.0, "s": 1.0, "m": 1 / 60, "h": 1 / 3600}.get(unit)
     try:
-        per_s = float(number) * scale if scale is not None else -1.0
-        burst = float(burst_text) if burst_text else max(1.0, 2 * per_s)
-    except ValueError:
+        per_s = amount(number) * scale if scale is not None else -1.0
+        burst = amount(burst_text) if burst_text else max(1.0, 2 * per_s)
+    except (ValueError, ConfigError):
         per_s = burst = -1.0
     if per_s == 0:
         return OFF
     if not per_s > 0 or not burst >= 1 or per_s != per_s or burst == float("inf"):
+        example = "8MiB/s, 8MiB/s,32MiB" if amount is not float else "100/s, 100/s,200"
         raise ConfigError(
-            f"{key}={raw!r} is not a rate (try 100/s, 100/s,200 for a burst of 200, or 0 for"
-            " no limit)"
+            f"{key}={raw!r} is not a rate (try {example} for a burst, or 0 for no limit)"
         )
     return Rate(per_s, burst)
 
@@ -75,6 +76,8 @@ class Bucket:
         self.stamp = now
 
     def take(self, rate: Rate, now: float, cost: float = 1.0) -> bool:
+        if cost > rate.burst:
+            cost = rate.burst  # (more than a burst can ever hold: a whole full bucket)
         tokens = self.tokens + (now - self.stamp) * rate.per_s
         if tokens > rate.burst:
             tokens = rate.burst
@@ -84,6 +87,17 @@ class Bucket:
             return False
         self.tokens = tokens - cost
         return True
+
+    def spend(self, rate: Rate, now: float, cost: float) -> float:
+        """Spend ``cost`` whether or not it is there (what was received is received): 0.0, or
+        the seconds the bucket needs to be out of debt (its owner stops reading that long)."""
+        tokens = self.tokens + (now - self.stamp) * rate.per_s
+        if tokens > rate.burst:
+            tokens = rate.burst
+        self.stamp = now
+        tokens -= cost
+        self.tokens = tokens
+        return 0.0 if tokens >= 0 else -tokens / rate.per_s
 
     def retry_after(self, rate: Rate, cost: float = 1.0) -> float:
         """Seconds until :meth:`take` of ``cost`` can succeed (as of the last call)."""

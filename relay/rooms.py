@@ -24,6 +24,7 @@ class Member:
     identity: Identity = OPEN
     #: this connection's rate limits (relay.service), made on first use
     publish_bucket: Bucket | None = None
+    delivery_bucket: Bucket | None = None
     join_bucket: Bucket | None = None
 
     def as_dict(self) -> dict[str, str | None]:
@@ -121,6 +122,10 @@ class Registry:
 
     def members(self, room: str) -> list[Member]:
         return [self._members[sid] for sid in self.sids(room)]
+
+    def user_count(self, user: str) -> int:
+        """How many connections ``user`` has."""
+        return len(self._users.get(user) or ())
 
     def sids_of_user(self, user: str) -> list[str]:
         return sorted(self._users.get(user) or ())

@@ -62,6 +62,8 @@ class Relay:
             settings.recovery_ttl, settings.max_buffer, max_total=settings.recovery_max_bytes
         )
         self.stats = {"published": 0, "delivered": 0, "direct": 0, "rate_limited": 0}
+        #: whether publishes and directs have a rate to keep (the handlers' one check)
+        self.publish_limited = settings.publish_rate.enabled or settings.delivery_rate.enabled
         #: (expiry in Unix seconds, sid) of connections whose token expires (a heap; entries of
         #: connections gone are skipped when they come up, and compacted when they pile up)
         self._expiring: list[tuple[float, str]] = []
@@ -248,16 +250,37 @@ class Relay:
 
     # -- limits --------------------------------------------------------------------------------
 
-    def throttle_publish(self, member: Member) -> None:
-        """Spend one of ``member``'s publish tokens (``publish`` and ``direct``), or refuse."""
-        rate = self.settings.publish_rate
+    def throttle_publish(self, member: Member, deliveries: int = 1) -> None:
+        """Spend one of ``member``'s publish tokens (``publish`` and ``direct``), and
+        ``deliveries`` of its delivery tokens (what the message fans out to), or refuse.
+
+        The second bucket is what keeps one connection from flooding a big room: 100
+        publishes a second into a room of 1,000 are 100,000 deliveries a second, most of
+        the server's CPU. (A fan-out larger than the burst costs a whole burst.)
+        """
+        settings = self.settings
+        rate = settings.publish_rate
+        now = time.monotonic()
         if rate.per_s:
             bucket = member.publish_bucket
-            now = time.monotonic()
             if bucket is None:
                 bucket = member.publish_bucket = Bucket(rate, now)
             if not bucket.take(rate, now):
                 self._refuse(bucket, rate, "publish and direct", "RELAY_PUBLISH_RATE")
+        rate = settings.delivery_rate
+        if rate.per_s:
+            bucket = member.delivery_bucket
+            if bucket is None:
+                bucket = member.delivery_bucket = Bucket(rate, now)
+            if not bucket.take(rate, now, deliveries):
+                self.stats["rate_limited"] += 1
+                wait = bucket.retry_after(rate, min(deliveries, rate.burst))
+                raise RateLimited(
+                    f"too fast: a connection's messages may reach {rate.per_s:g} recipients"
+                    f" a second, in bursts of up to {rate.burst:g} (RELAY_DELIVERY_RATE), and"
+                    f" this one would reach {deliveries}; retry in {wait:.3f} s",
+                    wait,
+                )
 
     def throttle_join(self, member: Member) -> None:
         """Spend one of ``member``'s join tokens (``join`` and ``presence``), or refuse."""

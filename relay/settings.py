@@ -44,6 +44,11 @@ def parse_duration(key: str, raw: str) -> float:
     return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "").lower()]
 
 
+def parse_byte_rate(key: str, raw: str) -> Rate:
+    """Bytes a second, and the burst: ``"8MiB/s,32MiB"``, ``"1MB"``, ``"0"``."""
+    return parse_rate(key, raw, lambda text: float(parse_size(key, text)))
+
+
 def parse_int(key: str, raw: str) -> int:
     try:
         return int(raw.strip())
@@ -95,6 +100,8 @@ def parse_bool(key: str, raw: str) -> bool:
 
 PUBLISH_RATE = Rate(100.0, 200.0)
 JOIN_RATE = Rate(20.0, 100.0)
+DELIVERY_RATE = Rate(20_000.0, 40_000.0)
+INBOUND_RATE = Rate(8 * 1024 * 1024, 32 * 1024 * 1024)
 CONNECT_RATE = Rate(20.0, 100.0)
 API_RATE = Rate(1000.0, 2000.0)
 
@@ -134,8 +141,13 @@ class Settings:
     #: per connection: ``publish`` and ``direct`` events; ``join`` and ``presence`` events
     publish_rate: Rate = PUBLISH_RATE
     join_rate: Rate = JOIN_RATE
+    #: per connection: deliveries its publishes cause (a publish to N members costs N)
+    delivery_rate: Rate = DELIVERY_RATE
     #: per client IP: new connections
     connect_rate: Rate = CONNECT_RATE
+    #: per client IP: bytes received (websocket frames, request bodies); past it, relay stops
+    #: reading from that IP's connections until the rate allows (TCP slows the sender down)
+    inbound_rate: Rate = INBOUND_RATE
     #: per API key (per client IP when no key is set): HTTP API requests
     api_rate: Rate = API_RATE
     #: seconds a client has to send a request's headers (and then its body)
@@ -235,6 +247,8 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_connections_per_ip": ("RELAY_MAX_CONNECTIONS_PER_IP", parse_int),
     "publish_rate": ("RELAY_PUBLISH_RATE", parse_rate),
     "join_rate": ("RELAY_JOIN_RATE", parse_rate),
+    "delivery_rate": ("RELAY_DELIVERY_RATE", parse_rate),
+    "inbound_rate": ("RELAY_INBOUND_RATE", parse_byte_rate),
     "connect_rate": ("RELAY_CONNECT_RATE", parse_rate),
     "api_rate": ("RELAY_API_RATE", parse_rate),
     "header_timeout": ("RELAY_HEADER_TIMEOUT", parse_duration),

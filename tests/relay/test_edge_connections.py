@@ -188,7 +188,9 @@ def _healthz_status(port: int) -> int:
 
 
 async def test_past_the_total_cap_new_connections_get_503() -> None:
-    settings = Settings(max_connections=2, max_connections_per_ip=0, connect_rate=OFF)
+    settings = Settings(
+        max_connections=2, max_connections_per_ip=0, connect_rate=OFF, inbound_rate=OFF
+    )
     with serve_in_thread(settings, edge_limits=True) as live:
         held = [Http(live.port) for _ in range(2)]
         for conn in held:

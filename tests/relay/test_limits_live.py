@@ -212,3 +212,30 @@ async def test_the_api_has_its_own_rate_per_key() -> None:
             # an unauthenticated flood is refused before it costs a token
             async with httpx.AsyncClient(base_url=live.url) as anon:
                 assert (await anon.get("/api/v1/rooms/x/members")).status_code == 401
+
+
+async def test_a_connection_fanning_out_to_a_big_room_is_held_to_its_delivery_rate() -> None:
+    # 100 publishes a second into a room of 1,000 were 100,000 deliveries a second from one
+    # connection: the delivery budget charges a publish by the members it reaches
+    settings = Settings(publish_rate=OFF, delivery_rate=Rate(100, 200))
+    with serve_in_thread(settings) as live:
+        peers = Peers(live.url, "websocket")
+        try:
+            room = unique()
+            members = [await peers() for _ in range(20)]
+            for member in members:
+                await member.ok("join", {"room": room})
+            sender = await peers()
+            acks = [await sender.call("publish", {"room": room, "data": i}) for i in range(12)]
+            assert [a["ok"] for a in acks[:10]] == [True] * 10  # 10 x 20 = the burst of 200
+            refused = [a for a in acks[10:] if not a["ok"]]
+            assert refused and refused[0]["error"]["code"] == "rate_limited"
+            assert "RELAY_DELIVERY_RATE" in refused[0]["error"]["message"]
+            # a publish to an empty room reaches nobody: it costs no delivery
+            await sender.ok("publish", {"room": unique(), "data": "nobody"})
+            # a direct to one connection costs one
+            ack = await sender.call("direct", {"to": members[0].sid, "data": "x"})
+            assert ack["ok"] is False or ack["delivered"] == 1
+            assert sender.sio.connected
+        finally:
+            await peers.close()
