@@ -60,6 +60,10 @@ except ImportError:  # pragma: no cover  (a websockets built without its C exten
 HOLD_INBOX = 1
 HOLD_BACKLOG = 2
 HOLD_INBOUND = 4
+#: the connection's events were refused ``rate_limited`` (relay.service): reading pauses, so a
+#: client that ignores the answer costs the server a read a while, not a parse and an ack per
+#: event it sends
+HOLD_RATE = 8
 
 #: bytes received by a connection between two charges to its IP's inbound bucket (relay.edge):
 #: the rate is kept to within this much per connection, and a small read costs an addition
@@ -920,12 +924,13 @@ class FastWebSocketProtocol(asyncio.Protocol):
             if debt:
                 self.throttle(debt)
 
-    def throttle(self, seconds: float) -> None:
-        """The client IP sent more than its inbound rate: read nothing for ``seconds``."""
-        if not self.holds & HOLD_INBOUND:
-            self.hold(HOLD_INBOUND)
-            self.loop.call_later(seconds, self.release, HOLD_INBOUND)
-            if self.edge is not None:
+    def throttle(self, seconds: float, reason: int = HOLD_INBOUND) -> None:
+        """Read nothing for ``seconds``: the client IP sent more than its inbound rate, or
+        (``HOLD_RATE``) the client keeps sending what its rate limits refuse."""
+        if not self.holds & reason and not self.close_sent:
+            self.hold(reason)
+            self.loop.call_later(seconds, self.release, reason)
+            if self.edge is not None and reason == HOLD_INBOUND:
                 self.edge.throttled += 1
 
     def fail(self, code: int, reason: str) -> None:

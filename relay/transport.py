@@ -32,6 +32,10 @@ class Transport(Protocol):
         """``send_many`` to a room's ``sids``, which are the same while ``version`` is."""
         ...
 
+    def hold_off(self, sid: str, seconds: float) -> None:
+        """Read nothing more from ``sid`` for ``seconds`` (where the transport can)."""
+        ...
+
 
 #: rooms whose recipients a transport remembers (a cache: past it, it starts over)
 ROOM_CACHE_SIZE = 4096
@@ -84,6 +88,13 @@ class EngineIOTransport:
             return False
         sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, packet))
         return True
+
+    def hold_off(self, sid: str, seconds: float) -> None:
+        # a websocket only: a long-polling client's requests are HTTP requests, read anyway
+        sock = self._sockets.get(sid)
+        fast = sock.fast if sock is not None else None
+        if fast is not None:
+            fast.throttle(seconds, fastws.HOLD_RATE)
 
     def _resolve(self, sids: Iterable[str]) -> list[Any]:
         """The attached sockets of ``sids`` (sids that are gone are skipped)."""
