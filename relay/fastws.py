@@ -781,6 +781,11 @@ class FastWebSocketProtocol(asyncio.Protocol):
         pos = 0
         want = 0  # (where the frame that does not fit in ``data`` would end, at least)
         while n - pos >= 2 and not self.close_sent:
+            if self.holds & HOLD_RATE:
+                # refused for its rate by an earlier frame of this read: the rest waits, read
+                # but not handled, until the hold ends (release hands it back here)
+                want = -1
+                break
             b0 = data[pos]
             b1 = data[pos + 1]
             if b0 & 0x70:
@@ -882,7 +887,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
                 self.hold(HOLD_INBOX)
         if pos < n and not self.close_sent:
             self.rest = bytearray(memoryview(data)[pos:])
-            self.need = want - pos if want > pos else 2
+            self.need = 0 if want < 0 else want - pos if want > pos else 2
 
     def _on_close_frame(self, payload: bytes) -> None:
         if len(payload) == 1:
@@ -915,6 +920,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
             self.holds &= ~reason
             if not self.holds and not self.disconnected:
                 self.transport.resume_reading()
+                if self.rest is not None and not self.need:
+                    self.data_received(b"")  # the frames a rate hold left unhandled
 
     def meter(self, received: int) -> None:
         """Charge ``received`` bytes to the IP's inbound bucket; past its rate, throttle."""
