@@ -70,11 +70,10 @@ class EdgeGuard:
         self.rates = Buckets(settings.connect_rate, clock=clock)
         self.trust_proxy = settings.trust_proxy
         self.inbound_rate = settings.inbound_rate
-        #: IP -> [its inbound byte bucket, the connections sharing it]
-        self._inbound: dict[str, list[Any]] = {}
-        self.by_ip = bool(
-            settings.max_connections_per_ip or self.trust_proxy or self.inbound_rate.enabled
-        )
+        #: per IP: the inbound byte bucket its connections share (relay.fastws meters a
+        #: connection's reads against it once it has received 16 KiB)
+        self.inbound = Buckets(settings.inbound_rate, clock=clock)
+        self.by_ip = bool(settings.max_connections_per_ip or self.trust_proxy)
         #: the peer address decides the IP (no proxy in front): checked at accept
         self.ip_at_accept = self.by_ip and not self.trust_proxy
         self.refused = {"max_connections": 0, "max_connections_per_ip": 0, "connect_rate": 0}
@@ -150,26 +149,15 @@ class EdgeGuard:
         self.open -= 1
         if ip is not None:
             self.per_ip.release(ip)
-            shared = self._inbound.get(ip)
-            if shared is not None:
-                shared[1] -= 1
-                if shared[1] <= 0:
-                    del self._inbound[ip]
 
-    def inbound_for(self, ip: str | None) -> Bucket | None:
-        """The inbound byte bucket of a connection admitted under ``ip`` (shared by every
-        connection of that IP, until :meth:`release` of the last), or None when there is no
-        inbound rate. Call once per admitted connection."""
-        rate = self.inbound_rate
-        if not rate.enabled:
-            return None
+    def inbound_bucket(self, ip: str | None, conn: Any) -> Bucket:
+        """The inbound byte bucket of a connection from ``ip``, shared with the IP's other
+        connections; ``conn``'s own peer address when no IP was counted for it (no per-IP
+        limit needed it at accept)."""
         if ip is None:
-            return Bucket(rate, time.monotonic())
-        shared = self._inbound.get(ip)
-        if shared is None:
-            shared = self._inbound[ip] = [Bucket(rate, time.monotonic()), 0]
-        shared[1] += 1
-        return shared[0]  # type: ignore[no-any-return]
+            client = getattr(conn, "client", None)
+            ip = client[0] if client else "?"
+        return self.inbound.bucket(ip)
 
     def _refuse(self, reason: str, error: RelayError) -> bytes:
         self._count_refusal(reason, error)

@@ -46,7 +46,7 @@ from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remo
 
 from relay.edge import EdgeGuard, forwarded_ip, guard_of, refusal
 from relay.errors import BadRequest
-from relay.limits import OFF, Bucket
+from relay.limits import Bucket
 
 try:
     from websockets.speedups import apply_mask
@@ -284,7 +284,6 @@ class FastWebSocketProtocol(asyncio.Protocol):
         "handshake_complete",
         "holds",
         "inbound",
-        "inbound_rate",
         "inbox",
         "limit",
         "loop",
@@ -338,9 +337,9 @@ class FastWebSocketProtocol(asyncio.Protocol):
         self.close_timer: asyncio.TimerHandle | None = None
         #: why reading is paused (HOLD_* bits; read again when none is left)
         self.holds = 0
-        #: the client IP's inbound byte bucket (relay.edge), shared with its other connections
+        #: the client IP's inbound byte bucket (relay.edge), shared with its other connections:
+        #: looked up when the connection has received METER_EVERY bytes
         self.inbound: Bucket | None = None
-        self.inbound_rate = OFF
         #: bytes received and not yet charged to ``inbound`` (see ``data_received``)
         self.unmetered = 0
         #: a denial response being assembled (``websocket.http.response.*``)
@@ -736,15 +735,14 @@ class FastWebSocketProtocol(asyncio.Protocol):
     # -- frames in -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.inbound is not None:
-            # bytes are charged to the IP's bucket a few KiB at a time: a small read (most of
-            # them) costs an addition here, not the bucket's arithmetic
-            unmetered = self.unmetered + len(data)
-            if unmetered < METER_EVERY:
-                self.unmetered = unmetered
-            else:
-                self.unmetered = 0
-                self.meter(unmetered)
+        # bytes are charged to the IP's bucket a few KiB at a time: a small read (most of
+        # them) costs an addition here, not the bucket's arithmetic
+        unmetered = self.unmetered + len(data)
+        if unmetered < METER_EVERY:
+            self.unmetered = unmetered
+        else:
+            self.unmetered = 0
+            self.meter(unmetered)
         rest = self.rest
         if rest is not None:
             # a frame's first part is waiting: gather reads in place (amortized linear, where
@@ -925,11 +923,15 @@ class FastWebSocketProtocol(asyncio.Protocol):
 
     def meter(self, received: int) -> None:
         """Charge ``received`` bytes to the IP's inbound bucket; past its rate, throttle."""
+        edge = self.edge
+        if edge is None or not edge.inbound_rate.per_s:
+            return
         inbound = self.inbound
-        if inbound is not None:
-            debt = inbound.spend(self.inbound_rate, time.monotonic(), received)
-            if debt:
-                self.throttle(debt)
+        if inbound is None:
+            inbound = self.inbound = edge.inbound_bucket(self.edge_ip, self)
+        debt = inbound.spend(edge.inbound_rate, time.monotonic(), received)
+        if debt:
+            self.throttle(debt)
 
     def throttle(self, seconds: float, reason: int = HOLD_INBOUND) -> None:
         """Read nothing for ``seconds``: the client IP sent more than its inbound rate, or
@@ -1222,7 +1224,6 @@ class HttpProtocol(HttpToolsProtocol):
                 self._refuse(answer)
                 raise _Refused  # (ends this read's parse: see data_received)
             self._edge_ip = ip
-            self._meter(edge, ip)
         scope = self.scope
         super().on_headers_complete()
         cycle = self.cycle
@@ -1248,19 +1249,19 @@ class HttpProtocol(HttpToolsProtocol):
     _edge_ip: str | None = None
     #: the guard's header timeout runs: the request's headers (or body) are not all in yet
     _watched = False
-    #: the client IP's inbound byte bucket (relay.edge), its rate, and whether reading is
-    #: paused to keep to it
+    #: the client IP's inbound byte bucket (relay.edge; looked up once the connection has
+    #: received METER_EVERY bytes), what it received since it was last charged, and whether
+    #: reading is paused to keep to its rate
     _inbound: Bucket | None = None
-    _inbound_rate = OFF
-    _throttled = False
     _unmetered = 0
+    _throttled = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn's, with the addresses left to look up (see the class's docstring), then the
         # edge's count: the connection is refused, or counted (and its request on the clock)
         self.connections.add(self)
         self.transport = transport
-        self.flow = FlowControl(transport)
+        self.flow = _Flow(transport, self)  # (uvicorn's, aware of the inbound rate's pause)
         self._lazy_server = self._lazy_client = UNKNOWN
         self.scheme = "https" if is_ssl(transport) else "http"
         if self.logger.level <= TRACE_LOG_LEVEL:
@@ -1284,18 +1285,6 @@ class HttpProtocol(HttpToolsProtocol):
         self._edge = edge
         self._edge_ip = ip
         self._watched = True
-        if ip is not None or not edge.trust_proxy:  # (behind a proxy: once the IP is known)
-            self._meter(edge, ip)
-
-    def _meter(self, edge: EdgeGuard, ip: str | None) -> None:
-        """Count what this connection receives against its IP's inbound rate."""
-        inbound = self._inbound = edge.inbound_for(ip)
-        if inbound is not None:
-            self._inbound_rate = edge.inbound_rate
-            if not isinstance(self.flow, _Flow):
-                flow = _Flow(self.transport, self)
-                flow.read_paused = self.flow.read_paused
-                self.flow = flow
 
     def _refuse(self, answer: bytes) -> None:
         """Answer with the edge's refusal and close (the count is released on close)."""
@@ -1325,18 +1314,12 @@ class HttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         # uvicorn's, where a request the edge refused once its headers were in ends the parse,
         # and the client IP's inbound rate may stop reading for a while
-        inbound = self._inbound
-        if inbound is not None and len(data) + self._unmetered >= METER_EVERY:
-            received, self._unmetered = len(data) + self._unmetered, 0
-            debt = inbound.spend(self._inbound_rate, time.monotonic(), received)
-            if debt and not self._throttled:
-                self._throttled = True
-                self.transport.pause_reading()
-                self.loop.call_later(debt, self._unthrottle)
-                if self._edge is not None:
-                    self._edge.throttled += 1
-        elif inbound is not None:
-            self._unmetered += len(data)
+        unmetered = self._unmetered + len(data)
+        if unmetered < METER_EVERY:
+            self._unmetered = unmetered
+        else:
+            self._unmetered = 0
+            self._meter(unmetered)
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -1351,6 +1334,22 @@ class HttpProtocol(HttpToolsProtocol):
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
             self.send_400_response(msg)
+
+    def _meter(self, received: int) -> None:
+        """Charge ``received`` bytes to the IP's inbound bucket; past its rate, stop reading
+        until the debt is paid."""
+        edge = self._edge
+        if edge is None or not edge.inbound_rate.per_s:
+            return
+        inbound = self._inbound
+        if inbound is None:
+            inbound = self._inbound = edge.inbound_bucket(self._edge_ip, self)
+        debt = inbound.spend(edge.inbound_rate, time.monotonic(), received)
+        if debt and not self._throttled:
+            self._throttled = True
+            self.transport.pause_reading()
+            self.loop.call_later(debt, self._unthrottle)
+            edge.throttled += 1
 
     def _unthrottle(self) -> None:
         transport = self.transport
@@ -1390,12 +1389,12 @@ class HttpProtocol(HttpToolsProtocol):
                 protocol.edge = edge
                 protocol.edge_ip = self._edge_ip
                 protocol.inbound = self._inbound
-                protocol.inbound_rate = self._inbound_rate
+                protocol.unmetered = self._unmetered
                 if self._throttled and self._inbound is not None:
                     # reading is paused for the rate: the websocket's own hold takes it over
                     self._throttled = False
                     protocol.holds = HOLD_INBOUND
-                    debt = max(0.0, -self._inbound.tokens) / self._inbound_rate.per_s
+                    debt = max(0.0, -self._inbound.tokens) / edge.inbound_rate.per_s
                     self.loop.call_later(debt, protocol.release, HOLD_INBOUND)
             transport.set_protocol(protocol)
             protocol.upgrade(self.scope["method"], self.url, self.headers, self.scope)

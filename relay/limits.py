@@ -143,6 +143,18 @@ class Buckets:
             return 0.0
         return max(bucket.retry_after(rate), 0.001)
 
+    def bucket(self, key: str) -> Bucket:
+        """``key``'s bucket itself (made full if new), for a caller that spends from it
+        directly (:meth:`Bucket.spend`). Keys whose buckets refilled are forgotten when there
+        are too many, as in :meth:`take`."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            now = self._clock()
+            if len(self._buckets) >= self.max_keys:
+                self._forget_full(now)
+            bucket = self._buckets[key] = Bucket(self.rate, now)
+        return bucket
+
     def _forget_full(self, now: float) -> None:
         rate = self.rate
         for key in [k for k, b in self._buckets.items() if b.full(rate, now)]:
