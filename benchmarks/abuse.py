@@ -67,7 +67,7 @@ class Relay:
         full["PYTHONPATH"] = str(relay_dir)  # that checkout's relay, not the installed one
         full.pop("RELAY_URL", None)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli.main", "serve",
+            sys.executable, "-m", "relay", "serve",
             cwd=relay_dir, env=full, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent,  # see _die_with_parent

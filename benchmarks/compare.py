@@ -128,7 +128,7 @@ def start_relay(
         **extra_env,
     }
     env["PYTHONPATH"] = str(cwd)  # that checkout's relay, not the installed one
-    cmd = [python, "-m", "cli.main", "serve"]
+    cmd = [python, "-m", "relay", "serve"]
     return _start(name, cmd, env, re.compile(r"running on https?://[^:]+:(\d+)"), port, cwd)
 
 
@@ -183,7 +183,7 @@ def run_own_connect(a: argparse.Namespace, url: str) -> dict[str, Any]:
     client, so the joins that follow each connect fan nothing out."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "cli.main", "loadtest", "--url", url,
+        cmd = [sys.executable, "-m", "relay", "loadtest", "--url", url,
                "--clients", str(a.connect_count), "--rooms", str(a.connect_count),
                "--connect-rate", str(a.connect_rate), "--rate", "10", "--duration", "1",
                "--drain", "1", "--report", str(report)]  # fmt: skip

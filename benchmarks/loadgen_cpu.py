@@ -163,7 +163,7 @@ def fanout(args: argparse.Namespace) -> None:
 
 
 def _swarm() -> Any:
-    from loadtest.engine import Swarm, WorkerConfig
+    from relay.loadtest.engine import Swarm, WorkerConfig
 
     cfg = WorkerConfig(
         url="", transport="websocket", run_id=RUN, mode="broadcast", rooms=1, publishers=0,
@@ -178,7 +178,7 @@ async def _recv_lean(url: str, clients: int) -> Any:
     """The swarm's own receive path: loadtest.clients' websocket protocol into Swarm."""
     from urllib.parse import urlsplit
 
-    from loadtest import clients as lc
+    from relay.loadtest import clients as lc
 
     swarm = _swarm()
     loop = asyncio.get_running_loop()
@@ -290,9 +290,9 @@ def transport(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from loadtest.report import build
-    from loadtest.scenario import Scenario
-    from loadtest.workers import Orchestrator
+    from relay.loadtest.report import build
+    from relay.loadtest.scenario import Scenario
+    from relay.loadtest.workers import Orchestrator
 
     scn = Scenario(
         url=args.url, clients=args.clients, rooms=args.rooms, mode=args.mode, rate=args.rate,

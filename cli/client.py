@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import socketio
 
-from cli.urls import normalize_url
+from relay.cli.urls import normalize_url
 from relay.errors import (
     BadRequest,
     Forbidden,

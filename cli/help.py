@@ -49,7 +49,13 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
-    """The root ``relay`` command: its ``--help`` row without ``<bool>`` either."""
+    """The root ``relay`` command: its ``--help`` and ``--version`` rows without ``<bool>``
+    either."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _plain(param)
 
     def get_help_option(self, ctx: Any) -> Any:
         option = super().get_help_option(ctx)

@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.console import fail, note, stdout_closed, stdout_console, warn
-from cli.help import Command
-from cli.options import DEFAULT_URL, AsUser, LegacyAsUser, Token, Url, connect_as
-from cli.render import HumanOutput, JsonOutput, Output
-from cli.urls import normalize_url
+from relay.cli.console import fail, note, stdout_closed, stdout_console, warn
+from relay.cli.help import Command
+from relay.cli.options import DEFAULT_URL, AsUser, LegacyAsUser, Token, Url, connect_as
+from relay.cli.render import HumanOutput, JsonOutput, Output
+from relay.cli.urls import normalize_url
 from relay.errors import Internal, RelayError, Unavailable
 
 if TYPE_CHECKING:
-    from cli.client import Ack, Connection
+    from relay.cli.client import Ack, Connection
 
 app = typer.Typer()
 
@@ -183,7 +183,7 @@ class Listener:
 
     async def run(self) -> int:
         """Listen until ``count``, ``duration`` or :meth:`stop`; return how many were printed."""
-        from cli.client import Connection
+        from relay.cli.client import Connection
 
         loop = asyncio.get_running_loop()
         deadline = None if self.opts.duration is None else loop.time() + self.opts.duration
@@ -308,7 +308,7 @@ class Listener:
         return on_ack
 
     def _joined(self, room: str, ack: Ack) -> None:
-        from cli.client import check_ack
+        from relay.cli.client import check_ack
 
         check_ack(ack, f"join {room}")
         resumed, envelopes = self.tracker.joined(room, ack)

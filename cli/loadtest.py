@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.live import Live as RichLive
 
-from cli.console import fail
-from cli.help import Command
-from cli.options import from_command_line, from_environment
-from loadtest.scenario import Scenario
+from relay.cli.console import fail
+from relay.cli.help import Command
+from relay.cli.options import from_command_line, from_environment
+from relay.loadtest.scenario import Scenario
 
 app = typer.Typer()
 
@@ -99,11 +99,11 @@ def loadtest(
     ] = None,
 ) -> None:
     """Open many clients, publish at a fixed rate (or ramp), and count every delivery exactly."""
-    from cli.progress import Clock, View
-    from loadtest.page import to_html
-    from loadtest.report import build, refusal_hint, render, verdict_lines
-    from loadtest.scenario import ScenarioError
-    from loadtest.workers import Orchestrator, RunError
+    from relay.cli.progress import Clock, View
+    from relay.loadtest.page import to_html
+    from relay.loadtest.report import build, refusal_hint, render, verdict_lines
+    from relay.loadtest.scenario import ScenarioError
+    from relay.loadtest.workers import Orchestrator, RunError
 
     values = dict(
         url=url, clients=clients, rooms=rooms, mode=mode, rate=rate, duration=duration,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from cli import listen, loadtest, send, serve, token
-from cli.help import CONTEXT_SETTINGS, Group
+from relay import __version__
+from relay.cli import listen, loadtest, send, serve, token
+from relay.cli.help import CONTEXT_SETTINGS, Group
 
 app = typer.Typer(
     cls=Group,
@@ -16,6 +19,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings=CONTEXT_SETTINGS,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"relay {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print relay's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """A real-time event relay: serve it, send to it, listen to it."""
+
+
 app.add_typer(serve.app)
 app.add_typer(loadtest.app)
 app.add_typer(send.app)

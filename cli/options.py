@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import note
+from relay.cli.console import note
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

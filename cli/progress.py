@@ -23,8 +23,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from loadtest import fmt
-from loadtest.scenario import Scenario
+from relay.loadtest import fmt
+from relay.loadtest.scenario import Scenario
 
 PLAIN_EVERY = 5.0  # seconds between plain lines (and one at each change of stage)
 

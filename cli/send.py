@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 import orjson
 import typer
 
-from cli.console import fail, stdout_closed, stdout_console, warn
-from cli.help import Command
-from cli.options import DEFAULT_URL, AsUser, LegacyAsUser, Token, Url, connect_as
-from cli.stream import MAX_FRAME, Item, Outcome, Pacer, Streamer, Unsendable, publish_rate
-from cli.urls import normalize_url
+from relay.cli.console import fail, stdout_closed, stdout_console, warn
+from relay.cli.help import Command
+from relay.cli.options import DEFAULT_URL, AsUser, LegacyAsUser, Token, Url, connect_as
+from relay.cli.stream import MAX_FRAME, Item, Outcome, Pacer, Streamer, Unsendable, publish_rate
+from relay.cli.urls import normalize_url
 from relay.errors import BadRequest, RelayError, TooLarge
 from relay.settings import Settings
 
 if TYPE_CHECKING:
-    from cli.client import Ack
+    from relay.cli.client import Ack
 
 app = typer.Typer()
 
@@ -187,7 +187,7 @@ async def _run(
     report: Callable[[Ack], None],
     window: int,
 ) -> Outcome:
-    from cli.client import Connection
+    from relay.cli.client import Connection
 
     streaming = data == "-"
 
@@ -275,7 +275,7 @@ def send(
     url: Url = DEFAULT_URL,
 ) -> None:
     """Publish DATA to a room (--room), or send it to one connection (--to) or user (--user)."""
-    from cli.render import HumanOutput, JsonOutput, Output, QuietOutput
+    from relay.cli.render import HumanOutput, JsonOutput, Output, QuietOutput
 
     try:
         target = Target.of(room, to, user)

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.console import fail
-from cli.help import Command
-from cli.options import from_command_line
+from relay.cli.console import fail
+from relay.cli.help import Command
+from relay.cli.options import from_command_line
 from relay.errors import ConfigError
 from relay.settings import ENV_KEYS, LOG_LEVELS, Settings
 
@@ -88,4 +88,7 @@ def serve(
         settings = settings_from(os.environ, typed)
     except ConfigError as exc:
         fail(str(exc))
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:  # (the address cannot be listened on: said before any start-up)
+        fail(str(exc))

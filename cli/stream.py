@@ -37,7 +37,7 @@ from relay.limits import Bucket, Rate, parse_rate
 from relay.settings import Settings
 
 if TYPE_CHECKING:
-    from cli.client import Ack, Connection
+    from relay.cli.client import Ack, Connection
 
 #: a relay closes a connection that sends a bigger websocket frame (Settings.max_frame)
 MAX_FRAME = Settings.max_frame
@@ -248,7 +248,7 @@ class Streamer:
         await self._send(message)
 
     async def _settle(self, message: _Message) -> None:
-        from cli.client import check_ack
+        from relay.cli.client import check_ack
 
         assert message.future is not None
         what = self.label(message.number)

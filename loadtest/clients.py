@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from loadtest import protocol
-from loadtest.protocol import DELIVERY_PREFIX, ProtocolError
+from relay.loadtest import protocol
+from relay.loadtest.protocol import DELIVERY_PREFIX, ProtocolError
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_FRAME = 16 * 1024 * 1024

@@ -23,14 +23,14 @@ from typing import Any
 
 import aiohttp
 
-from loadtest import stats
-from loadtest.clients import Client, ConnectError, PollingClient, WSClient
-from loadtest.stats import EXACT_BELOW as _EXACT_BELOW
-from loadtest.stats import SIG_BITS as _SIG_BITS
+from relay.loadtest import stats
+from relay.loadtest.clients import Client, ConnectError, PollingClient, WSClient
+from relay.loadtest.stats import EXACT_BELOW as _EXACT_BELOW
+from relay.loadtest.stats import SIG_BITS as _SIG_BITS
 
 _fast_count: Callable[..., Any] | None
 try:  # the C accounting (setup: pyproject's ext-modules, optional); else the Python below
-    from loadtest._fastcount import count as _fast_count
+    from relay.loadtest._fastcount import count as _fast_count
 except ImportError:  # pragma: no cover - depends on a compiler at install time
     _fast_count = None
 

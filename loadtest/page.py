@@ -12,8 +12,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from loadtest import fmt
-from loadtest.report import (
+from relay.loadtest import fmt
+from relay.loadtest.report import (
     RAMP_COLUMNS,
     highest_sustained,
     ramp_rows,

@@ -13,9 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from loadtest import fmt, stats
-from loadtest.scenario import Scenario
-from loadtest.workers import PhaseResult
+from relay.loadtest import fmt, stats
+from relay.loadtest.scenario import Scenario
+from relay.loadtest.workers import PhaseResult
 
 GENERATOR_BOUND_SHARE = 0.85  # a worker busier than this share of a core was the bottleneck
 
@@ -97,7 +97,7 @@ def build(scn: Scenario, raw: dict[str, Any]) -> dict[str, Any]:
         "ramp": None,
     }
     if scn.ramp:
-        from loadtest.workers import ramp_breach
+        from relay.loadtest.workers import ramp_breach
 
         verdicts = [ramp_breach(p, scn) for p in phases]
         steps = [

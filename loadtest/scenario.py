@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cli.urls import normalize_url
+from relay.cli.urls import normalize_url
 from relay.errors import RelayError
 
 MODES = ("broadcast", "unicast", "mixed")

@@ -28,9 +28,9 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadtest import stats
-from loadtest.engine import WorkerConfig, worker_main
-from loadtest.scenario import Scenario
+from relay.loadtest import stats
+from relay.loadtest.engine import WorkerConfig, worker_main
+from relay.loadtest.scenario import Scenario
 
 COUNTERS = (
     "published", "acked", "rejected", "expected", "received", "unique",

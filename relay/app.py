@@ -114,7 +114,10 @@ async def drain(sio: socketio.AsyncServer) -> None:
         # (e.g. refused at connect, then closed by its client) is never woken by close(), and
         # its GET would hold shutdown for the whole graceful timeout.
         sock.queue.put_nowait(None)
-    log.info("closed %d client sessions", len(sockets))
+    if sockets or not getattr(sio, "relay_drained", False):
+        # (once: the server's shutdown drains, then the application's lifespan finds nothing)
+        log.info("closed %d client sessions", len(sockets))
+    sio.relay_drained = True
 
 
 class RelayApp(Starlette):
@@ -207,6 +210,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 " Set RELAY_SECRET and RELAY_API_KEY (see the README's deploy section)",
                 settings.host,
                 "" if settings.api_key else ", and use the HTTP API",
+            )
+        if settings.web_concurrency > 1:
+            log.warning(
+                "WEB_CONCURRENCY=%d, but relay runs one process: its rooms, history and"
+                " connections live in memory, and several processes would be separate relays"
+                " that do not see each other's clients. Scale up (a bigger dyno), not out",
+                settings.web_concurrency,
             )
         if settings.redis_url:
             # (a Heroku Redis add-on sets REDIS_URL for every dyno: refusing to start would

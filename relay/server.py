@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import socket
 from types import FrameType
 from typing import Any
 
@@ -13,6 +14,7 @@ import uvicorn
 
 from relay import gctune
 from relay.app import create_app, drain
+from relay.errors import ConfigError
 from relay.fastws import FastWebSocketProtocol, HttpProtocol
 from relay.settings import Settings
 
@@ -31,6 +33,14 @@ class RelayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[Any] | None = None) -> None:
         await super().startup(sockets)
+        if sockets and not self.should_exit:
+            # uvicorn names the address only for sockets it bound itself; relay binds first
+            # (see listen), so it says where it listens the way uvicorn would
+            host, port = sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port
+            )
         if self.tune_gc:
             gctune.tune()
 
@@ -91,14 +101,40 @@ def uvicorn_config(settings: Settings, **extra: Any) -> uvicorn.Config:
         lifespan="on",
         log_config=log_config(settings.log_level),
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
-        access_log=settings.log_level in ("debug", "trace"),
+        # one line per HTTP request at info, as uvicorn users expect (websocket frames are
+        # not requests; their connections log at debug: relay.ws)
+        access_log=settings.log_level in ("info", "debug", "trace"),
         backlog=4096,  # a connect storm queues in the kernel, not as refused connections
         **extra,
     )
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port``, or ConfigError saying why there cannot be one.
+
+    relay binds before anything starts (uvicorn binds after the application's start-up, so a
+    port in use logged "ready" and "startup complete" before failing).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or str(exc)
+        hint = " (another relay, or another program, is using it)" if exc.errno == 98 else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; returns normally after a clean shutdown."""
+    """Serve until SIGINT/SIGTERM; returns normally after a clean shutdown.
+
+    Raises ConfigError, before anything starts, when the address cannot be listened on.
+    """
+    sock = listen(settings.host, settings.port)
     server = RelayServer(uvicorn_config(settings))
     server.tune_gc = True
-    server.run()
+    server.run(sockets=[sock])

@@ -154,6 +154,9 @@ class Settings:
     header_timeout: float = 10.0
     #: seconds an Engine.IO session may stay open without a Socket.IO CONNECT
     connect_timeout: float = 10.0
+    #: processes a platform asks for (Heroku sets WEB_CONCURRENCY by dyno size): relay's rooms
+    #: live in memory, so it runs one and says so when asked for more
+    web_concurrency: int = 1
     #: take the client's IP from the last X-Forwarded-For entry (behind Heroku's router, a
     #: load balancer); off, the socket's peer is the client
     trust_proxy: bool = False
@@ -202,6 +205,7 @@ class Settings:
             ("RELAY_MAX_CONNECTIONS", self.max_connections, 0),
             ("RELAY_MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip, 0),
             ("RELAY_HEADER_TIMEOUT", self.header_timeout, 0.01),
+            ("WEB_CONCURRENCY", self.web_concurrency, 1),
             ("RELAY_CONNECT_TIMEOUT", self.connect_timeout, 0.01),
         ]
         for key, value, low in limits:
@@ -254,4 +258,5 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "header_timeout": ("RELAY_HEADER_TIMEOUT", parse_duration),
     "connect_timeout": ("RELAY_CONNECT_TIMEOUT", parse_duration),
     "trust_proxy": ("RELAY_TRUST_PROXY", parse_bool),
+    "web_concurrency": ("WEB_CONCURRENCY", parse_int),
 }

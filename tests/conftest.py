@@ -129,7 +129,7 @@ def start_relay_process(
     }
     full_env.pop("RELAY_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", *(args or [])],
+        [sys.executable, "-m", "relay", "serve", *(args or [])],
         cwd=ROOT,
         env=full_env,
         stdout=subprocess.PIPE,

@@ -10,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 import urllib.request
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pytest
 import socketio
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+import relay
 from tests.conftest import ROOT, start_relay_process
 
 TIMEOUT = 10.0
@@ -112,10 +116,11 @@ def test_this_environment_is_inside_the_declared_ranges() -> None:
 
 
 def test_starting_the_cli_imports_no_client_library() -> None:
-    """Every ``relay`` command, ``serve`` included, starts by importing cli.main."""
+    """Every ``relay`` command, ``serve`` included, starts by importing relay.cli.main."""
     code = (
-        "import sys, cli.main\n"
-        "print(sorted(m for m in ('aiohttp', 'cli.client', 'socketio') if m in sys.modules))\n"
+        "import sys, relay.cli.main\n"
+        "print(sorted(m for m in ('aiohttp', 'relay.cli.client', 'socketio')"
+        " if m in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -174,3 +179,37 @@ async def test_relay_serve_runs_without_aiohttp(tmp_path: Path) -> None:
             await sio.eio.http.close()
         assert rp.stop() == 0, "".join(rp.lines)
     assert "Traceback" not in "".join(rp.lines)
+
+
+def test_the_wheel_installs_one_top_level_name(tmp_path: Path) -> None:
+    """``cli`` and ``loadtest`` install as relay.cli and relay.loadtest (a project's own ``cli``
+    package used to clash with ours), the console script points there, and the version is the
+    one relay/__init__.py defines."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("relay-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        entry_points = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert {n.split("/")[0] for n in names} == {"relay", f"relay-{relay.__version__}.dist-info"}
+    for module in ("relay/cli/main.py", "relay/loadtest/engine.py", "relay/static/index.html"):
+        assert module in names, module
+    assert "relay = relay.cli.main:main" in entry_points
+
+
+@pytest.mark.parametrize("command", [["relay"], [sys.executable, "-m", "relay"]])
+def test_version_and_python_m_relay(command: list[str]) -> None:
+    if command == ["relay"]:
+        exe = shutil.which("relay")
+        assert exe is not None, "the relay console script is not on PATH"
+        command = [exe]
+    done = subprocess.run(
+        [*command, "--version"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"relay {relay.__version__}"
+    assert metadata.version("relay") == relay.__version__

@@ -11,8 +11,8 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from cli.client import Connection
-from cli.main import app
+from relay.cli.client import Connection
+from relay.cli.main import app
 from tests.conftest import ROOT
 
 
@@ -42,7 +42,7 @@ async def start_cli(
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "cli.main",
+        "relay",
         *args,
         cwd=ROOT,
         env=cli_env(env),

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from cli.serve import DEFAULTS, FLAGS
+from relay.cli.serve import DEFAULTS, FLAGS
 from relay.settings import ENV_KEYS, Settings
 from tests.cli.clirun import invoke
 

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cli.client import Connection
-from cli.send import read_lines
-from cli.stream import MAX_TRIES, Item, Pacer, Streamer, Unsendable
+from relay.cli.client import Connection
+from relay.cli.send import read_lines
+from relay.cli.stream import MAX_TRIES, Item, Pacer, Streamer, Unsendable
 from relay.limits import Rate
 from relay.settings import Settings
 from tests.cli.clirun import Result, invoke, run_cli

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli.serve import settings_from
+from relay.cli.serve import settings_from
 from relay.errors import ConfigError
 from tests.cli.clirun import run_cli
 from tests.cli.test_errors import assert_one_error_line

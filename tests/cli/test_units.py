@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from cli.client import check_ack, error_from, normalize_url
-from cli.listen import Tracker, backoff
-from cli.render import HumanOutput, JsonOutput, clock_text, data_text, sender_text
-from cli.send import Target, decode_line, parse_data, split_lines
+from relay.cli.client import check_ack, error_from, normalize_url
+from relay.cli.listen import Tracker, backoff
+from relay.cli.render import HumanOutput, JsonOutput, clock_text, data_text, sender_text
+from relay.cli.send import Target, decode_line, parse_data, split_lines
 from relay.errors import BadRequest, Forbidden, Internal, TooLarge
 
 

@@ -20,8 +20,8 @@ import pytest
 import socketio
 from playwright.sync_api import Browser, BrowserContext, Route, expect, sync_playwright
 
-from cli.render import sender_text
 from relay.auth import issue_token
+from relay.cli.render import sender_text
 from relay.limits import OFF, Rate
 from relay.settings import Settings
 from tests.conftest import LiveRelay, serve_in_thread
@@ -71,7 +71,7 @@ def room() -> str:
 def relay_send(url: str, room: str, data: str) -> None:
     """``relay send --room ROOM --url URL DATA``, the installed command line."""
     exe = Path(sys.executable).with_name("relay")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cli.main"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "relay"]
     done = subprocess.run(
         [*cmd, "send", "--room", room, "--url", url, data],
         capture_output=True,

@@ -26,7 +26,7 @@ BASE = ["--clients", "20", "--rooms", "2", "--rate", "20", "--duration", "1", "-
 
 def loadtest(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "loadtest", *args],
+        [sys.executable, "-m", "relay", "loadtest", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -95,7 +95,7 @@ def test_ctrl_c_stops_cleanly_and_still_reports() -> None:
     faults = Faults(drop_every=10**9, dup_every=10**9, hold_every=10**9)
     with serve_faulty(faults) as url:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "loadtest", "--url", url, "--clients", "10",
+            [sys.executable, "-m", "relay", "loadtest", "--url", url, "--clients", "10",
              "--rooms", "1", "--rate", "20", "--duration", "60", "--workers", "1", "--json"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from loadtest import engine, stats
+from relay.loadtest import engine, stats
 
-fastcount = pytest.importorskip("loadtest._fastcount", reason="built only where a C compiler is")
+fastcount = pytest.importorskip(
+    "relay.loadtest._fastcount", reason="built only where a C compiler is"
+)
 
 RUN = "t3st"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.report import build
-from loadtest.scenario import Scenario
-from loadtest.workers import Orchestrator
+from relay.loadtest.report import build
+from relay.loadtest.scenario import Scenario
+from relay.loadtest.workers import Orchestrator
 from tests.loadtest.faulty_server import Faults, serve_faulty
 
 

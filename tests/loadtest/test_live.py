@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from loadtest.report import build
-from loadtest.scenario import Scenario
-from loadtest.workers import Orchestrator
+from relay.loadtest.report import build
+from relay.loadtest.scenario import Scenario
+from relay.loadtest.workers import Orchestrator
 
 REPORT_KEYS = {
     "clients", "connected", "connect_errors", "mode", "transport", "duration_s", "published",

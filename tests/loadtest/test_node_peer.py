@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from loadtest.report import build
-from loadtest.scenario import Scenario
-from loadtest.workers import Orchestrator
+from relay.loadtest.report import build
+from relay.loadtest.scenario import Scenario
+from relay.loadtest.workers import Orchestrator
 
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
 SERVER = JS_DIR / "contract_server.mjs"

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from cli.progress import Clock, View, live_view
-from loadtest import fmt, stats
-from loadtest.page import to_html
-from loadtest.report import build, render, server_refusals
-from loadtest.scenario import Scenario, ScenarioError
-from loadtest.workers import PhaseResult, ramp_breach
+from relay.cli.progress import Clock, View, live_view
+from relay.loadtest import fmt, stats
+from relay.loadtest.page import to_html
+from relay.loadtest.report import build, render, server_refusals
+from relay.loadtest.scenario import Scenario, ScenarioError
+from relay.loadtest.workers import PhaseResult, ramp_breach
 
 COUNTS = ("published", "acked", "rejected", "expected", "received", "unique", "duplicates",
           "out_of_order", "late")  # fmt: skip

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from loadtest.page import to_html
-from loadtest.report import build
-from loadtest.scenario import Scenario
+from relay.loadtest.page import to_html
+from relay.loadtest.report import build
+from relay.loadtest.scenario import Scenario
 from tests.e2e.chat_page import ARTIFACTS, chromium_path, launch
 from tests.loadtest.test_output import phase, raw_run
 

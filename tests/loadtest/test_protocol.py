@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import protocol
-from loadtest.scenario import Scenario, ScenarioError
+from relay.loadtest import protocol
+from relay.loadtest.scenario import Scenario, ScenarioError
 
 
 def test_parse_message_kinds() -> None:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from loadtest import stats
-from loadtest.workers import PhaseResult
+from relay.loadtest import stats
+from relay.loadtest.workers import PhaseResult
 
 
 def feed(seqs: list[int], key: int = 1) -> stats.Accounting:

@@ -119,7 +119,7 @@ async def test_a_cross_site_form_cannot_publish() -> None:
 def test_a_secret_without_an_api_key_refuses_to_start_with_one_line() -> None:
     env = {"PATH": "/usr/bin:/bin", "RELAY_SECRET": "s3cret", "PORT": "0"}
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "serve"],
+        [sys.executable, "-m", "relay", "serve"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import socketio
 
 from tests.conftest import ROOT, start_relay_process
@@ -66,7 +67,7 @@ async def test_sigterm_with_no_clients_exits_zero_at_once() -> None:
 def run_serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PORT": "0", "RELAY_HOST": "127.0.0.1", **env}
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "serve"],
+        [sys.executable, "-m", "relay", "serve"],
         cwd=ROOT,
         env=full,
         capture_output=True,
@@ -97,3 +98,34 @@ def test_redis_url_is_not_silently_ignored() -> None:
             assert ("REDIS_URL is set" in said) is warned, said
         finally:
             assert rp.stop() == 0
+
+
+def test_a_port_in_use_is_one_line_before_anything_starts() -> None:
+    holder = start_relay_process()
+    try:
+        result = run_serve({"PORT": str(holder.port)})
+        assert result.returncode != 0
+        out = result.stdout + result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "cannot listen on" in lines[0] and str(holder.port) in lines[0]
+        assert "ready" not in out and "startup complete" not in out.lower(), out
+        assert "Traceback" not in out
+    finally:
+        holder.stop()
+
+
+async def test_start_and_stop_say_each_thing_once_and_requests_are_logged() -> None:
+    proc = start_relay_process()
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:
+            assert (await http.get("/healthz")).status_code == 200
+        assert proc.stop(signal.SIGTERM, timeout=10) == 0
+        text = "".join(proc.lines)
+        assert text.count("ready (in-memory)") == 1, text
+        assert text.count("closed 0 client sessions") <= 1, text
+        assert text.count("client sessions") == 1, text
+        assert '"GET /healthz HTTP/1.1" 200' in text, text  # the access log, at info
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()

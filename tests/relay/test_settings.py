@@ -62,6 +62,7 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("RELAY_CONNECT_TIMEOUT", "2500ms", "connect_timeout", 2.5),
     ("RELAY_TRUST_PROXY", "true", "trust_proxy", True),
     ("RELAY_TRUST_PROXY", "0", "trust_proxy", False),
+    ("WEB_CONCURRENCY", "4", "web_concurrency", 4),
 ]
 
 #: variables that only make sense with another one set (RELAY_SECRET needs RELAY_API_KEY)
@@ -102,6 +103,7 @@ INVALID: list[tuple[str, str]] = [
     ("RELAY_HEADER_TIMEOUT", "0"),
     ("RELAY_CONNECT_TIMEOUT", "later"),
     ("RELAY_TRUST_PROXY", "maybe"),
+    ("WEB_CONCURRENCY", "0"),
     ("RELAY_HISTORY_MAX_BYTES", "-1"),
 ]
 
