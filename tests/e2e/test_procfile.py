@@ -162,7 +162,8 @@ def test_a_buildpack_install_runs_the_procfile(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     output: list[str] = []
-    threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True).start()
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True)
+    reader.start()
     try:
         r = _wait_healthy(f"http://127.0.0.1:{port}", proc, output)
         assert r.status_code == 200 and r.json()["status"] == "ok"
@@ -174,7 +175,11 @@ def test_a_buildpack_install_runs_the_procfile(tmp_path: Path) -> None:
         assert str(venv) in where.stdout, where.stdout + where.stderr
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, "".join(output)
+        status = proc.wait(timeout=30)
+        reader.join(timeout=30)  # the pipe is at EOF once the process is gone
+        assert proc.stdout is not None
+        proc.stdout.close()
+        assert status == 0, "".join(output)
 
 
 def test_app_json_describes_a_secure_deploy() -> None:
