@@ -2,18 +2,24 @@
 
 Theory of operation
 -------------------
-Every printed envelope of a room moves that room's watermark: the highest offset seen. When the
-connection drops, the listener reconnects with capped exponential backoff and joins each room
-again with ``since`` = its watermark, so the server replays exactly what was missed, and any
-envelope at or below the watermark is dropped as already printed.
+Every printed envelope of a room moves that room's watermark: the highest offset seen. Every
+join ack names the room's epoch, the life of its offsets, and the listener remembers it. When
+the connection drops, the listener reconnects with capped exponential backoff and joins each
+room again with ``since`` = its watermark and ``epoch`` = the epoch it counted in, so the
+server replays exactly what was missed, and any envelope at or below the watermark is dropped
+as already printed.
 
 The server replays before it acks the join, so envelopes of a room being joined are held until
-its ack says how to read them. An ack whose ``offset`` is below the watermark means the room
-started counting again (a restarted in-memory server, or expired history): the watermark is
-reset to 0 and everything held is printed, since it is all new. When that watermark is still
-the user's ``--since`` (nothing printed yet), the room has not restarted: ``--since`` was
-ahead of the room, and it says so. ``recovered: false`` with the room still ahead means
-history no longer reached back: a warning says some were missed.
+its ack says how to read them. An ack naming another epoch means the room started counting
+again (a restarted in-memory server, or a room forgotten after its history expired): its
+offsets say nothing about what was printed, so the watermark is reset to 0 and everything held
+is printed, once, since it is all new (however far the new life has got: comparing offsets
+would take a restarted room that passed the old watermark for one that merely went on). Only
+without an epoch to go by (the user's ``--since`` without ``--epoch``, or a server that names
+none) are offsets compared: an ack whose ``offset`` is below a ``--since`` not yet vouched for
+means ``--since`` was ahead of the room, and it says so; below a watermark printed, that the
+room started again. ``recovered: false`` in the same epoch means history no longer reached
+back: a warning says some were missed.
 
 All of this runs synchronously inside the client's receive path, in arrival order, so printing
 is naturally back-pressured: nothing is queued in between.
@@ -31,12 +37,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from relay import names
 from relay.cli.console import fail, note, stdout_closed, stdout_console, warn
 from relay.cli.help import Command
 from relay.cli.options import DEFAULT_URL, AsUser, LegacyAsUser, Token, Url, connect_as
-from relay.cli.render import HumanOutput, JsonOutput, Output
+from relay.cli.render import HumanOutput, JsonOutput, Output, json_line
 from relay.cli.urls import normalize_url
-from relay.errors import Internal, RelayError, Unavailable
+from relay.errors import BadRequest, Internal, RelayError, Unavailable
 
 if TYPE_CHECKING:
     from relay.cli.client import Ack, Connection
@@ -55,35 +62,51 @@ def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) 
 @dataclass
 class Resumed:
     """How a room's join went: ``kind`` is fresh, recovered, gap, restarted or ahead (the
-    user's ``--since`` is past the room's latest offset)."""
+    user's ``--since`` is past the room's latest offset). ``epoch`` is the room's now,
+    ``was`` the one the join counted in (None when unknown)."""
 
     room: str
     since: int | None
     offset: int
     kind: str
+    epoch: str | None = None
+    was: str | None = None
+    #: ``since`` and ``was`` were the user's (``--since``, ``--epoch``), not what was printed
+    given: bool = False
 
 
 @dataclass
 class Tracker:
-    """Per-room watermarks and the envelopes held while a join's ack is pending."""
+    """Per-room watermarks and epochs, and the envelopes held while a join's ack is pending."""
 
     seen: dict[str, int | None]
     holding: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: rooms whose watermark is still the user's ``--since``, not an offset printed
     given: set[str] = field(default_factory=set)
+    #: the epoch each room's watermark counts in (from its last join ack, or ``--epoch``)
+    epochs: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def for_rooms(cls, rooms: Iterable[str], since: int | None) -> Tracker:
+    def for_rooms(
+        cls, rooms: Iterable[str], since: int | None, epoch: str | None = None
+    ) -> Tracker:
         rooms = list(rooms)
         return cls(
-            {room: since for room in rooms}, given=set(rooms) if since is not None else set()
+            {room: since for room in rooms},
+            given=set(rooms) if since is not None else set(),
+            epochs={room: epoch for room in rooms} if epoch is not None else {},
         )
 
     def join_payload(self, room: str) -> dict[str, Any]:
         """The ``join`` to send for ``room`` now; holds its envelopes until :meth:`joined`."""
         self.holding[room] = []
         since = self.seen.get(room)
-        return {"room": room} if since is None else {"room": room, "since": since}
+        if since is None:
+            return {"room": room}
+        epoch = self.epochs.get(room)
+        if epoch is None:
+            return {"room": room, "since": since}
+        return {"room": room, "since": since, "epoch": epoch}
 
     def forget_joins(self) -> None:
         """The connection dropped: what was held will be replayed to the next one."""
@@ -115,22 +138,32 @@ class Tracker:
         """Apply ``room``'s join ack; return how it went and the held envelopes to print."""
         held = self.holding.pop(room, [])
         latest = int(ack.get("offset") or 0)
+        epoch = ack.get("epoch") if isinstance(ack.get("epoch"), str) else None
         last = self.seen.get(room)
+        was = self.epochs.get(room)
+        given = room in self.given
         if last is None:
             kind = "fresh"
             self.seen[room] = latest
+        elif was is not None and epoch is not None and epoch != was:
+            # Another life of the room: its offsets are not ours, all it replayed is new.
+            kind = "restarted"
+            self.seen[room] = 0
         elif latest < last:
-            kind = "ahead" if room in self.given else "restarted"
+            # (no epoch to go by: offsets are all there is)
+            kind = "ahead" if given else "restarted"
             self.seen[room] = 0
         elif ack.get("recovered") is False:
             kind = "gap"
         else:
             kind = "recovered"
         self.given.discard(room)  # from the first join on, the room has vouched for the mark
+        if epoch is not None:
+            self.epochs[room] = epoch
         out: list[dict[str, Any]] = []
         for env in held:
             out.extend(self._admit(room, env))
-        return Resumed(room, last, latest, kind), out
+        return Resumed(room, last, latest, kind, epoch, was, given), out
 
 
 @dataclass
@@ -138,6 +171,8 @@ class ListenOptions:
     url: str
     rooms: list[str]
     since: int | None = None
+    #: the epoch ``since`` counts in (one room only: each room has its own)
+    epoch: str | None = None
     events: frozenset[str] | None = None
     presence: bool = False
     count: int | None = None
@@ -154,7 +189,7 @@ class Listener:
         self,
         opts: ListenOptions,
         out: Output,
-        status: Callable[[str], None] | None = None,
+        status: Callable[[dict[str, Any]], None] | None = None,
         log: Callable[[str], None] | None = None,
         alert: Callable[[str], None] | None = None,
     ) -> None:
@@ -163,7 +198,7 @@ class Listener:
         self.status = status or (lambda _: None)
         self.log = log or (lambda _: None)
         self.alert = alert or (lambda _: None)
-        self.tracker = Tracker.for_rooms(opts.rooms, opts.since)
+        self.tracker = Tracker.for_rooms(opts.rooms, opts.since, opts.epoch)
         self.printed = 0
         self.wake = asyncio.Event()
         self.stopping = False
@@ -273,19 +308,25 @@ class Listener:
         return self.done or (deadline is not None and loop.time() >= deadline)
 
     def _announce(self, conn: Connection) -> None:
-        who = f"sid {conn.sid}"
-        if self.opts.auth and self.opts.auth.get("user"):
-            who += f", user {self.opts.auth['user']}"
         if self._reconnecting:
-            self.log(f"reconnected as {who}")
+            self.log(f"reconnected as {_who(conn.sid, self.opts.auth)}")
             return
-        if self.opts.rooms:
-            rooms = ", ".join(
-                f"{room} (offset {self.tracker.seen.get(room)})" for room in self.opts.rooms
-            )
-            self.status(f"listening on {rooms} as {who}")
-        else:
-            self.status(f"listening for direct messages as {who}")
+        tracker = self.tracker
+        self.status(
+            {
+                "status": "listening",
+                "sid": conn.sid,
+                "user": (self.opts.auth or {}).get("user"),
+                "rooms": [
+                    {
+                        "room": room,
+                        "offset": tracker.seen.get(room),
+                        "epoch": tracker.epochs.get(room),
+                    }
+                    for room in self.opts.rooms
+                ],
+            }
+        )
 
     # -- receive path (synchronous, in arrival order) -------------------------------------------
 
@@ -312,7 +353,18 @@ class Listener:
 
         check_ack(ack, f"join {room}")
         resumed, envelopes = self.tracker.joined(room, ack)
-        if resumed.kind == "ahead":
+        if resumed.kind == "restarted" and resumed.was is not None and resumed.epoch is not None:
+            if resumed.given:
+                self.alert(
+                    f"{room} is no longer in your --epoch {resumed.was}: it started again "
+                    f"(epoch {resumed.epoch}, at offset {resumed.offset}); printing all it has"
+                )
+            else:
+                self.alert(
+                    f"{room} starts again in epoch {resumed.epoch} (the server lost its "
+                    f"history); printing all it has (to offset {resumed.offset})"
+                )
+        elif resumed.kind == "ahead":
             self.alert(
                 f"{room} is at offset {resumed.offset}, behind your --since {resumed.since} "
                 "(--since is ahead of the room): printing from its start"
@@ -378,6 +430,14 @@ def listen(
             "Without it: only what is published from now on.",
         ),
     ] = None,
+    epoch: Annotated[
+        str | None,
+        typer.Option(
+            metavar="EPOCH",
+            help="The epoch --since counts in, as a status line named it (one --room only). "
+            "If the room has started again since, it says so and prints all the room has.",
+        ),
+    ] = None,
     event: Annotated[
         list[str] | None,
         typer.Option(
@@ -426,10 +486,12 @@ def listen(
     """
     name = connect_as(as_user, legacy_as)
     try:
+        rooms = list(dict.fromkeys(room or []))
         opts = ListenOptions(
             url=normalize_url(url),
-            rooms=list(dict.fromkeys(room or [])),
+            rooms=rooms,
             since=since,
+            epoch=None if epoch is None else resume_epoch(epoch, since, rooms),
             events=frozenset(event) if event else None,
             presence=presence or bool(event and "presence" in event),
             count=count,
@@ -441,11 +503,11 @@ def listen(
     except RelayError as exc:
         fail(exc.message)
     out = JsonOutput(sys.stdout) if json_out else HumanOutput(stdout_console())
-    silent = quiet or json_out
+    status = json_status if json_out else human_status
     listener = Listener(
         opts,
         out,
-        status=None if silent else note,
+        status=None if quiet else status,
         log=None if quiet else note,
         alert=None if quiet else warn,
     )
@@ -457,6 +519,47 @@ def listen(
         fail(exc.message)
     except KeyboardInterrupt:
         pass  # Ctrl-C before the loop could take over: still a quiet, successful exit
+
+
+def resume_epoch(epoch: str, since: int | None, rooms: list[str]) -> str:
+    """``--epoch``, checked: it qualifies ``--since`` in one room (each room has its own)."""
+    if since is None:
+        raise BadRequest("--epoch goes with --since: it says which life of the room OFFSET is in")
+    if len(rooms) != 1:
+        raise BadRequest(
+            f"--epoch takes exactly one --room (each room has its own epoch), got {len(rooms)}"
+        )
+    return names.epoch(epoch, "--epoch")
+
+
+def human_status(info: dict[str, Any]) -> None:
+    note(status_text(info))
+
+
+def json_status(info: dict[str, Any]) -> None:
+    """With ``--json``: the status as one JSON object on stderr (stdout holds envelopes)."""
+    sys.stderr.write(json_line(info) + "\n")
+    sys.stderr.flush()
+
+
+def _who(sid: str | None, auth: dict[str, Any] | None) -> str:
+    who = f"sid {sid}"
+    if auth and auth.get("user"):
+        who += f", user {auth['user']}"
+    return who
+
+
+def status_text(info: dict[str, Any]) -> str:
+    """The human status line: ``listening on lobby (offset 3, epoch AbC…) as sid …``."""
+    who = _who(info.get("sid"), {"user": info.get("user")})
+    rooms = info.get("rooms") or []
+    if not rooms:
+        return f"listening for direct messages as {who}"
+    shown = []
+    for r in rooms:
+        epoch = "" if r.get("epoch") is None else f", epoch {r['epoch']}"
+        shown.append(f"{r['room']} (offset {r.get('offset')}{epoch})")
+    return f"listening on {', '.join(shown)} as {who}"
 
 
 async def _main(listener: Listener) -> None:

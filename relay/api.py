@@ -254,10 +254,18 @@ async def _history_body(
     and nothing of the page is held in between, so a page of 1,000 large messages that is
     never read costs a chunk, not the page (nor keeps trimmed messages alive). Each envelope
     is the text cut from the message's packet (relay.envelope), never re-encoded.
+
+    The page names the room's epoch (when the room is known) and holds only messages of it:
+    if the room is forgotten and made again while the page is read, the page ends there.
     """
-    yield b'{"room":' + orjson.dumps(room) + b',"messages":['
+    epoch = history.epoch(room)
+    # the room's epoch, its offsets' life (relay.history); none for a room not known
+    head = b"" if epoch is None else b',"epoch":' + orjson.dumps(epoch)
+    yield b'{"room":' + orjson.dumps(room) + head + b',"messages":['
     sent = 0
     while sent < limit:
+        if history.epoch(room) != epoch:
+            break  # the room was forgotten (or made) meanwhile: what it has is another life
         chunk = history.page(room, since, min(HISTORY_CHUNK, limit - sent))
         if not chunk:
             break

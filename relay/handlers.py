@@ -30,7 +30,8 @@ def _error(exc: RelayError) -> Ack:
 def on_join(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:
     room = names.room_name(p.get("room"))
     since = names.offset(p["since"]) if "since" in p else None
-    return relay.join(sid, room, since)
+    epoch = names.epoch(p["epoch"]) if "epoch" in p else None
+    return relay.join(sid, room, since, epoch)
 
 
 def on_leave(relay: Relay, sid: str, p: dict[str, Any]) -> Ack:

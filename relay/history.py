@@ -2,11 +2,17 @@
 
 Theory of operation
 -------------------
-Each room relay knows of owns a :class:`RoomLog`: the last offset handed out and a deque of the
-most recent messages, oldest first. A room is known from its first member or its first message
-until it has neither (then it is forgotten, and its offsets start again from 1). Offsets start
-at 1 and grow by one per message, so the deque is always a contiguous run
-``[first, ..., last]`` and a lookup by offset is arithmetic, not a search.
+Each room relay knows of owns a :class:`RoomLog`: the last offset handed out, a deque of the
+most recent messages, oldest first, and the room's *epoch*. A room is known from its first
+member or its first message until it has neither (then it is forgotten, and its offsets start
+again from 1). Offsets start at 1 and grow by one per message, so the deque is always a
+contiguous run ``[first, ..., last]`` and a lookup by offset is arithmetic, not a search.
+
+The epoch names one life of a room's offsets: a random string drawn when its log is made at
+offset 0, so it differs after the room is forgotten and made again, and after a restart (a
+new process draws new ones). Offsets are only comparable within one epoch, so a ``since``
+that comes with another epoch than the room's is answered as one beyond history: everything
+held is replayed and ``recovered`` is false. It costs a string per room, nothing per message.
 
 Three bounds apply to what is kept:
 
@@ -29,11 +35,20 @@ two are merged by offset simply because nothing else runs in between.
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from relay.envelope import Message
+
+#: random bytes in an epoch (each 3 make 4 characters of URL-safe base64: 12 characters)
+EPOCH_BYTES = 9
+
+
+def new_epoch() -> str:
+    """A fresh epoch: 12 URL-safe characters, 72 random bits (never the same one twice)."""
+    return secrets.token_urlsafe(EPOCH_BYTES)
 
 
 @dataclass(slots=True)
@@ -42,6 +57,8 @@ class RoomLog:
     messages: deque[Message] = field(default_factory=deque)
     #: what ``messages`` cost (:attr:`Message.size` summed)
     bytes: int = 0
+    #: this life of the room's offsets (see the theory of operation)
+    epoch: str = field(default_factory=new_epoch)
 
     @property
     def first(self) -> int:
@@ -90,14 +107,21 @@ class History:
         log = self._rooms.get(room)
         return log.last if log is not None else 0
 
+    def epoch(self, room: str) -> str | None:
+        """The room's epoch, None for a room not known (it gets one when it is made)."""
+        log = self._rooms.get(room)
+        return log.epoch if log is not None else None
+
     def next_offset(self, room: str) -> int:
         log = self._rooms.get(room)
         return (log.last if log is not None else 0) + 1
 
-    def touch(self, room: str) -> None:
-        """Know ``room`` (it got a member) even before its first message."""
-        if room not in self._rooms:
-            self._rooms[room] = RoomLog()
+    def touch(self, room: str) -> str:
+        """Know ``room`` (it got a member) even before its first message; its epoch."""
+        log = self._rooms.get(room)
+        if log is None:
+            log = self._rooms[room] = RoomLog()
+        return log.epoch
 
     def append(self, room: str, message: Message) -> None:
         """Record ``message``, whose offset must be :meth:`next_offset`."""
@@ -153,13 +177,17 @@ class History:
         while messages and messages[0].ts <= cutoff:
             self._pop(log)
 
-    def replay(self, room: str, since: int) -> Replay:
-        """What a ``join`` with ``since`` must replay, and whether that is all it missed."""
+    def replay(self, room: str, since: int, epoch: str | None = None) -> Replay:
+        """What a ``join`` with ``since`` must replay, and whether that is all it missed.
+
+        ``epoch``: the life of the room ``since`` counts in (None: the current one, whatever
+        it is); another one than the room's is answered like a ``since`` beyond history.
+        """
         log = self._rooms.get(room)
         if log is None:
-            return Replay([], since == 0)
+            return Replay([], since == 0 and epoch is None)
         self._trim(log, self._clock())
-        if since > log.last:
+        if since > log.last or (epoch is not None and epoch != log.epoch):
             # The client counts from a previous life of this room (a restart, or expiry).
             return Replay(list(log.messages), False)
         first = log.first

@@ -1,7 +1,8 @@
 """Validation of names and client payloads: pure functions, no I/O.
 
 Room names are 1-128 characters, event and user names 1-64, all drawn from ASCII letters,
-digits and ``_-.:@/``. Reserved event names cannot be published or sent directly.
+digits and ``_-.:@/``; so is an epoch a client sends back (1-64 of them). Reserved event names
+cannot be published or sent directly.
 """
 
 from __future__ import annotations
@@ -106,6 +107,24 @@ def offset(value: Any, field: str = "since") -> int:
     """A non-negative integer offset (booleans are not integers here)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BadRequest(f"'{field}' must be a non-negative integer, got {_describe(value)}")
+    return value
+
+
+def epoch(value: Any, field: str = "epoch") -> str:
+    """An epoch as a ``join`` ack gave it: 1-64 characters of the name alphabet.
+
+    Any such string is accepted (one the room never had is simply not its epoch); the bound
+    keeps a client from making relay hold or compare something big.
+    """
+    if not isinstance(value, str):
+        raise BadRequest(
+            f"'{field}' must be a string (the epoch of a 'join' ack), got {type(value).__name__}"
+        )
+    if NAME_RE.fullmatch(value) is None:
+        raise BadRequest(
+            f"'{field}' must be 1-64 characters of A-Z a-z 0-9 _-.:@/ (the epoch of a 'join'"
+            f" ack), got {_describe(value)}"
+        )
     return value
 
 

@@ -22,6 +22,11 @@ then receives the collected packets before anything live. Any other reconnect is
 connection. Collecting and replaying happen in the same event-loop steps as live delivery, so
 nothing is lost between the two and nothing is delivered twice.
 
+While a session waits, the rooms it was in stay known to relay.history even if nobody else is
+in them and they hold no message (``Relay.in_use``): they keep their offsets and epoch, so what
+the session collects, and what its client already saw, still count in the same ones when it
+comes back.
+
 Bounds: a session holds at most ``max_packets`` packets and ``max_bytes`` of them (the
 per-connection send buffer, the most a live connection may have queued); past either, or past
 ``ttl``, it is forgotten and a reconnect starts afresh. All sessions together hold at most
@@ -129,6 +134,10 @@ class Recovery:
         if user is not None:
             self._by_user.setdefault(user, {})[sid] = session
         return session
+
+    def holds(self, room: str) -> bool:
+        """Whether a session waiting to be recovered was in ``room``."""
+        return room in self._by_room
 
     # -- coming back ---------------------------------------------------------------------------
 

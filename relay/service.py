@@ -97,13 +97,20 @@ class Relay:
             return
         for room in rooms:
             self._announce(room, "leave", member)
-            if not self.registry.occupied(room):
-                self.history.forget_if_idle(room)
         # after the announcements: its own leave is not among what it missed
         if recoverable:
             self.recovery.hold(sid, member.user, rooms)
         else:
             self.recovery.forget(sid)
+        for room in rooms:
+            if not self.in_use(room):
+                self.history.forget_if_idle(room)
+
+    def in_use(self, room: str) -> bool:
+        """Whether ``room`` must stay known even without history: it has a member, or a
+        dropped member waits to be recovered into it (so the room keeps its epoch and offsets,
+        and what the session collected still counts in them when it comes back)."""
+        return self.registry.occupied(room) or self.recovery.holds(room)
 
     def recoverable(self, pid: Any, identity: Identity) -> Session | None:
         """The dropped session a reconnect naming ``pid`` as ``identity`` may take over."""
@@ -140,7 +147,15 @@ class Relay:
 
     # -- events --------------------------------------------------------------------------------
 
-    def join(self, sid: str, room: str, since: int | None) -> dict[str, Any]:
+    def join(
+        self, sid: str, room: str, since: int | None, epoch: str | None = None
+    ) -> dict[str, Any]:
+        """Add ``sid`` to ``room``; with ``since``, first replay what it missed of it.
+
+        ``epoch`` is the life of the room ``since`` counts in (relay.history); it matters only
+        with ``since`` (a join without one replays nothing, whatever the epoch). The ack always
+        names the room's epoch.
+        """
         member = self.member(sid)
         member.identity.check_room(room, "join")
         self.throttle_join(member)
@@ -157,13 +172,15 @@ class Relay:
         joined = self.registry.join(sid, room)
         ack: dict[str, Any] = {"ok": True, "room": room}
         if joined and since is not None:
-            replay = self.history.replay(room, since)
+            replay = self.history.replay(room, since, epoch)
             for message in replay.messages:
                 self.transport.send(sid, message.packet)
             ack["recovered"] = replay.recovered
         if joined:
             self._announce(room, "join", member)
         ack["offset"] = self.history.latest(room)
+        # (the room is known: it has a member, this one)
+        ack["epoch"] = self.history.touch(room)
         ack["members"] = self.registry.count(room)
         return ack
 
@@ -171,7 +188,7 @@ class Relay:
         member = self.member(sid)
         if self.registry.leave(sid, room):
             self._announce(room, "leave", member)
-            if not self.registry.occupied(room):
+            if not self.in_use(room):
                 self.history.forget_if_idle(room)
         return {"ok": True, "room": room}
 
@@ -360,7 +377,7 @@ class Relay:
 
     def sweep(self) -> int:
         self.recovery.expire()
-        return self.history.sweep(self.registry.occupied)
+        return self.history.sweep(self.in_use)
 
     def _announce(self, room: str, action: str, member: Member) -> None:
         packet = envelope.event_packet(

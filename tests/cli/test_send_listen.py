@@ -54,7 +54,12 @@ async def test_send_reaches_a_json_listener(live_relay: LiveRelay) -> None:
     assert re.fullmatch(r"published to rt at offset 2 \(id \S+\)\n", second.out)
 
     assert result.rc == 0, result.err
-    assert result.err == ""  # --json: no status line
+    # --json: the status is one JSON object on stderr, naming the room's epoch
+    status = json.loads(result.err)
+    assert status["status"] == "listening" and status["user"] is None
+    [joined] = status["rooms"]
+    assert joined["room"] == "rt" and joined["offset"] == 0
+    assert isinstance(joined["epoch"], str) and joined["epoch"]
     envelopes = result.json_lines()
     assert [e["data"] for e in envelopes] == [{"hi": 1}, "not {json"]
     assert [e["offset"] for e in envelopes] == [1, 2]
@@ -69,7 +74,7 @@ async def test_human_listener_prints_status_and_readable_lines(live_relay: LiveR
     listener = await start_cli("listen", "--url", url, "--room", "human", "--count", "1")
     try:
         status = await read_line(listener.stderr)
-        assert re.fullmatch(r"listening on human \(offset 0\) as sid \S+\n", status)
+        assert re.fullmatch(r"listening on human \(offset 0, epoch [\w-]+\) as sid \S+\n", status)
         sent = await invoke("send", "--url", url, "--room", "human", "--as-user", "bob", "[1, 2]")
         result = await finish(listener)
     finally:
@@ -216,7 +221,7 @@ async def test_listener_survives_a_server_restart() -> None:
     assert result.rc == 0, result.err
     after = result.json_lines()
     assert [(e["offset"], e["data"]) for e in after] == [(1, "after-1"), (2, "after-2")]
-    assert "lobby starts again at offset 0" in result.err
+    assert "lobby starts again in epoch " in result.err
     assert "Traceback" not in result.err
 
 
@@ -233,3 +238,98 @@ async def test_since_ahead_of_the_room_says_so(live_relay: LiveRelay) -> None:
         "short is at offset 3, behind your --since 99999 (--since is ahead of the room): "
         "printing from its start"
     ]
+
+
+@pytest.mark.slow
+async def test_a_restarted_room_past_the_old_watermark_is_printed_whole() -> None:
+    """The restarted room is already at offset 3 when the listener (watermark 2) rejoins.
+
+    Comparing offsets would take that for a room that went on (3 > 2): the server would replay
+    offset 3 alone and the listener would miss new-1 and new-2. The epoch in the join says
+    otherwise: everything the new room holds is printed, once, and stderr says it started
+    again. (The listener is stopped with SIGSTOP while the server restarts and the three are
+    published, so it cannot rejoin any earlier: no sleeps, no race.)
+    """
+    port = free_port()
+    server = await asyncio.to_thread(start_relay_process, port=port)
+    listener = None
+    try:
+        url = server.url
+        listener = await start_cli(
+            "listen", "--url", url, "-r", "lobby", "--json", "--count", "5", "--max-backoff", "0.2"
+        )
+        old_epoch = json.loads(await read_line(listener.stderr))["rooms"][0]["epoch"]
+        await wait_members(url, "lobby", 1)
+        for data in ("old-1", "old-2"):
+            assert (await invoke("send", "--url", url, "-r", "lobby", "-q", data)).rc == 0
+        before = [json.loads(await read_line(listener.stdout)) for _ in range(2)]
+        assert [(e["offset"], e["data"]) for e in before] == [(1, "old-1"), (2, "old-2")]
+
+        listener.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.to_thread(server.stop, signal.SIGKILL)  # a crash: history is gone
+            server = await asyncio.to_thread(start_relay_process, port=port)
+            for data in ("new-1", "new-2", "new-3"):
+                assert (await invoke("send", "--url", url, "-r", "lobby", "-q", data)).rc == 0
+        finally:
+            listener.send_signal(signal.SIGCONT)
+        result = await finish(listener)
+    finally:
+        if listener is not None:
+            await stop(listener)
+        await asyncio.to_thread(shut, server)
+    assert result.rc == 0, result.err
+    after = [(e["offset"], e["data"]) for e in result.json_lines()]
+    assert after == [(1, "new-1"), (2, "new-2"), (3, "new-3")]
+    starts_again = [line for line in result.err_lines if "starts again" in line]
+    assert len(starts_again) == 1, result.err
+    m = re.fullmatch(
+        r"lobby starts again in epoch (\S+) \(the server lost its history\); "
+        r"printing all it has \(to offset 3\)",
+        starts_again[0],
+    )
+    assert m and m.group(1) != old_epoch, starts_again
+    assert "Traceback" not in result.err
+
+
+async def test_since_with_an_epoch_resumes_that_life_of_the_room(live_relay: LiveRelay) -> None:
+    url = live_relay.url
+    for data in ("1", "2", "3"):
+        assert (await invoke("send", "--url", url, "-r", "lives", "-q", data)).rc == 0
+    first = await invoke("listen", "--url", url, "-r", "lives", "--timeout", "0.01")
+    m = re.match(r"listening on lives \(offset 3, epoch (\S+)\)", first.err)
+    assert m, first.err
+    epoch = m.group(1)
+    # the room is still known (3 messages in history): same epoch, a plain resume
+    same = await invoke(
+        "listen", "--url", url, "-r", "lives", "--since", "1", "--epoch", epoch, "--json",
+        "--count", "2",
+    )  # fmt: skip
+    assert same.rc == 0, same.err
+    assert [e["data"] for e in same.json_lines()] == [2, 3]
+    assert same.err == ""  # nothing to warn about (and done before a status line)
+    # an epoch the room no longer has: all of it, and a line saying why
+    other = await invoke(
+        "listen", "--url", url, "-r", "lives", "--since", "1", "--epoch", "gone-epoch",
+        "--count", "3",
+    )  # fmt: skip
+    assert other.rc == 0, other.err
+    assert [line.split(": ", 1)[1] for line in other.out.splitlines()] == ["1", "2", "3"]
+    assert (
+        f"lives is no longer in your --epoch gone-epoch: it started again (epoch {epoch}, "
+        "at offset 3); printing all it has"
+    ) in other.err_lines
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["-r", "a", "--epoch", "abc"], "--epoch goes with --since"),
+        (["-r", "a", "-r", "b", "--since", "1", "--epoch", "abc"], "--epoch takes exactly one"),
+        (["-r", "a", "--since", "1", "--epoch", "no spaces"], "'--epoch' must be 1-64"),
+    ],
+)
+async def test_bad_epoch_options_are_one_line_errors(args: list[str], says: str) -> None:
+    result = await invoke("listen", "--url", "http://127.0.0.1:9", *args)
+    assert result.rc != 0
+    assert len(result.err_lines) == 1 and says in result.err, result.err

@@ -246,3 +246,50 @@ def test_tracker_since_the_room_reached_then_a_restart_is_a_restart() -> None:
     t.forget_joins()
     t.join_payload("r")
     assert t.joined("r", {"ok": True, "offset": 0, "recovered": False})[0].kind == "restarted"
+
+
+def test_tracker_rejoins_with_since_and_the_epoch_it_counted_in() -> None:
+    t = Tracker.for_rooms(["r"], None)
+    assert t.join_payload("r") == {"room": "r"}
+    t.joined("r", {"ok": True, "offset": 0, "epoch": "E1"})
+    t.envelope(env("r", 1))
+    t.forget_joins()
+    assert t.join_payload("r") == {"room": "r", "since": 1, "epoch": "E1"}
+    t.envelope(env("r", 2))
+    resumed, out = t.joined("r", {"ok": True, "offset": 2, "epoch": "E1", "recovered": True})
+    assert (resumed.kind, resumed.epoch, resumed.was) == ("recovered", "E1", "E1")
+    assert out == [env("r", 2)]
+
+
+def test_tracker_a_new_epoch_past_the_old_watermark_is_a_restart() -> None:
+    """Watermark 2 in E1; the room restarted (E2) and reached 3 before the rejoin."""
+    t = Tracker.for_rooms(["r"], None)
+    t.join_payload("r")
+    t.joined("r", {"ok": True, "offset": 0, "epoch": "E1"})
+    for n in (1, 2):
+        t.envelope(env("r", n, f"old-{n}"))
+    t.forget_joins()
+    assert t.join_payload("r") == {"room": "r", "since": 2, "epoch": "E1"}
+    new = [env("r", n, f"new-{n}") for n in (1, 2, 3)]
+    for e in new:  # the server replays all E2 holds: another epoch than the join's
+        assert t.envelope(e) == []
+    resumed, out = t.joined("r", {"ok": True, "offset": 3, "epoch": "E2", "recovered": False})
+    assert (resumed.kind, resumed.since, resumed.epoch, resumed.was) == ("restarted", 2, "E2", "E1")
+    assert out == new  # all of it, once
+    assert t.envelope(env("r", 3, "new-3")) == []
+    assert t.envelope(env("r", 4, "new-4")) == [env("r", 4, "new-4")]
+    t.forget_joins()
+    assert t.join_payload("r") == {"room": "r", "since": 4, "epoch": "E2"}
+
+
+def test_tracker_the_user_s_epoch_goes_with_the_user_s_since() -> None:
+    t = Tracker.for_rooms(["r"], 5, "E0")
+    assert t.join_payload("r") == {"room": "r", "since": 5, "epoch": "E0"}
+    t.envelope(env("r", 1, "x"))
+    resumed, out = t.joined("r", {"ok": True, "offset": 9, "epoch": "E1", "recovered": False})
+    assert (resumed.kind, resumed.given, resumed.was) == ("restarted", True, "E0")
+    assert out == [env("r", 1, "x")]
+    same = Tracker.for_rooms(["r"], 5, "E1")
+    same.join_payload("r")
+    resumed, _ = same.joined("r", {"ok": True, "offset": 9, "epoch": "E1", "recovered": True})
+    assert (resumed.kind, resumed.given) == ("recovered", True)

@@ -276,3 +276,31 @@ test("a pasted link with #token= gives its token", () => {
   assert.equal(tokenFromInput(`https://chat.example/#token=${token}`), token);
   assert.equal(tokenFromInput(`https://chat.example/#room=x&token=${token}`), token);
 });
+
+test("another epoch starts a new generation: repeated offsets are new messages, after the old", () => {
+  const c = new Conversation("room", "r");
+  assert.equal(c.noteEpoch("E1"), false, "the first epoch heard of is not a restart");
+  for (const o of [1, 2]) c.add(env(o, { id: `old-${o}` }));
+  const mine = {
+    id: "local:c1",
+    room: "r",
+    from: { sid: "s1" },
+    data: "x",
+    offset: Infinity,
+    placeholder: true,
+  };
+  c.add(mine);
+  assert.equal(c.noteEpoch("E1"), false, "the same epoch again changes nothing");
+  assert.equal(c.lastOffset, 2);
+  assert.equal(c.noteEpoch("E2"), true, "another epoch: the room started again");
+  assert.equal(c.lastOffset, 0, "since counts in the new epoch from 0");
+  for (const o of [1, 2, 3]) assert.notEqual(c.add(env(o, { id: `new-${o}` })), -1, `new ${o}`);
+  assert.equal(c.add(env(2, { id: "new-2-again" })), -1, "a replay within the new epoch is a duplicate");
+  assert.deepEqual(
+    c.messages.map((m) => m.id),
+    ["old-1", "old-2", "new-1", "new-2", "new-3", "local:c1"],
+    "old ones first, ours not sent yet still last",
+  );
+  assert.equal(c.lastOffset, 3);
+  assert.equal(c.epoch, "E2");
+});

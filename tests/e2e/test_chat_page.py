@@ -24,7 +24,7 @@ from relay.auth import issue_token
 from relay.cli.render import sender_text
 from relay.limits import OFF, Rate
 from relay.settings import Settings
-from tests.conftest import LiveRelay, serve_in_thread
+from tests.conftest import LiveRelay, free_port, serve_in_thread, start_relay_process
 from tests.e2e.chat_page import (
     DESKTOP,
     PHONE,
@@ -275,6 +275,45 @@ def test_offline_then_back_shows_missed_messages_once_in_order(
         ]
         assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
         alice.expect_clean()
+
+
+def test_a_restarted_relay_s_new_messages_are_shown_not_taken_for_old_ones(
+    browser: Browser, room: str
+) -> None:
+    """The relay restarts on the same port and its room passes the page's old offsets (3 > 2)
+    before the page is back: the join's epoch tells the page the room started again, so the
+    three are shown as new, after what it showed before, each once."""
+    port = free_port()
+    server = start_relay_process(port=port)
+    try:
+        with chat_page(browser, server.url) as alice:
+            alice.join("alice", room)
+            for text in ("old-1", "old-2"):
+                relay_send(server.url, room, text)
+            alice.expect_texts(["old-1", "old-2"])
+
+            # Offline while the relay restarts, so the page is not back before the three are.
+            alice.page.context.set_offline(True)
+            expect(alice.status).to_have_text("offline")
+            wait_until(lambda: room_members(server.url, room) == [])
+            assert server.stop() == 0
+            server = start_relay_process(port=port)
+            new = ["new-1", "new-2", "new-3"]
+            for text in new:
+                relay_send(server.url, room, text)
+
+            alice.page.context.set_offline(False)
+            expect(alice.status).to_have_text("connected")
+            alice.expect_texts(["old-1", "old-2", *new])
+            relay_send(server.url, room, "after")
+            alice.expect_texts(["old-1", "old-2", *new, "after"])
+            offsets = alice.messages.evaluate_all("ns => ns.map(n => Number(n.dataset.offset))")
+            assert offsets == [1, 2, 1, 2, 3, 4]
+            alice.expect_clean()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
 
 
 def test_unread_counts_on_rooms_not_shown(

@@ -84,6 +84,8 @@ def test_join_presence_publish_and_exclude_self(scenario: Any, transport: str) -
     r = scenario(transport, "basic")
     room, sid_a, sid_b = r["room"], r["sids"]["a"], r["sids"]["b"]
     assert r["transports"] == {"a": transport, "b": transport}
+    epoch = r["joinA"].pop("epoch")
+    assert isinstance(epoch, str) and r["joinB"].pop("epoch") == epoch  # one room, one epoch
     assert r["joinA"] == {"ok": True, "room": room, "offset": 0, "members": 1}
     assert r["joinB"] == {"ok": True, "room": room, "offset": 0, "members": 2}
     assert r["presenceJoin"] == {
@@ -147,6 +149,7 @@ def test_join_since_replays_history_before_the_ack(scenario: Any, transport: str
     r = scenario(transport, "history")
     room = r["room"]
     assert [p["offset"] for p in r["publishes"]] == [1, 2, 3, 4]
+    assert isinstance(r["join"].pop("epoch"), str)
     assert r["join"] == {"ok": True, "room": room, "offset": 4, "members": 1, "recovered": True}
     assert r["beforeAck"] == [
         {"event": "message", "data": {"n": n}, "offset": n} for n in (2, 3, 4)

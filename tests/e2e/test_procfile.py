@@ -98,6 +98,7 @@ async def test_procfile_web_serves_and_stops_cleanly(
     await client.connect(url, auth={"user": "procfile"}, transports=["websocket"])
     try:
         join = await client.call("join", {"room": "procfile"}, timeout=5)
+        assert isinstance(join.pop("epoch"), str)
         assert join == {"ok": True, "room": "procfile", "offset": 0, "members": 1}
         ack = await client.call("publish", {"room": "procfile", "data": {"up": True}}, timeout=5)
         assert ack["ok"] is True and ack["offset"] == 1

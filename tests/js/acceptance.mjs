@@ -184,11 +184,13 @@ const OPEN = {
     const room = uniq("join");
     const a = await connect({ user: "alice" });
     const first = await ack(a, "join", { room });
-    keys(first, ["ok", "room", "offset", "members"], "join ack");
+    keys(first, ["ok", "room", "offset", "epoch", "members"], "join ack");
+    assert(typeof first.epoch === "string" && first.epoch.length > 0, `join ack epoch: ${show(first)}`);
     eq([first.ok, first.room, first.offset, first.members], [true, room, 0, 1], "join ack values");
     const b = await connect();
     const second = await ack(b, "join", { room, since: null });
-    keys(second, ["ok", "room", "offset", "members"], "join ack with since null");
+    keys(second, ["ok", "room", "offset", "epoch", "members"], "join ack with since null");
+    eq(second.epoch, first.epoch, "one room, one epoch");
     eq(second.members, 2, "members counts the joiner");
     const again = await ack(b, "join", { room });
     isOk(again, "joining twice");
@@ -218,7 +220,7 @@ const OPEN = {
       const c = await connect();
       const j = await ack(c, "join", { room, since });
       const seen = messages(c.log);
-      keys(j, ["ok", "room", "offset", "members", "recovered"], `join since ${since}`);
+      keys(j, ["ok", "room", "offset", "epoch", "members", "recovered"], `join since ${since}`);
       eq(j.recovered, recovered, `recovered for since ${since}`);
       eq(j.offset, 3, `offset for since ${since}`);
       eq(

@@ -11,6 +11,19 @@ from tests.conftest import LiveRelay, serve_in_thread
 from tests.relay.conftest import TIMEOUT, Peer, Peers, unique
 
 
+class AnyEpoch:
+    """Equal to any epoch a join ack may name (a non-empty string of bounded length)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and 0 < len(other) <= 64
+
+    def __repr__(self) -> str:
+        return "<any epoch>"
+
+
+EPOCH = AnyEpoch()
+
+
 def presence(room: str, action: str, peer: Peer, user: str | None) -> tuple[str, Any]:
     return ("presence", {"room": room, "action": action, "member": {"sid": peer.sid, "user": user}})
 
@@ -28,9 +41,9 @@ async def test_join_ack_counts_members_and_announces(connect: Peers) -> None:
     room = unique()
     a, b = await connect("alice"), await connect()
     ack = await a.ok("join", {"room": room})
-    assert ack == {"ok": True, "room": room, "offset": 0, "members": 1}
+    assert ack == {"ok": True, "room": room, "offset": 0, "epoch": EPOCH, "members": 1}
     ack = await b.ok("join", {"room": room})
-    assert ack == {"ok": True, "room": room, "offset": 0, "members": 2}
+    assert ack == {"ok": True, "room": room, "offset": 0, "epoch": EPOCH, "members": 2}
     assert await a.next() == presence(room, "join", b, None)
     # The joiner hears nothing about its own join (proved by a later message it does get).
     assert await b.sentinel(a, room) == []
@@ -38,7 +51,7 @@ async def test_join_ack_counts_members_and_announces(connect: Peers) -> None:
 
     # Joining again changes nothing and is ok; nobody hears of it.
     ack = await b.ok("join", {"room": room})
-    assert ack == {"ok": True, "room": room, "offset": 1, "members": 2}
+    assert ack == {"ok": True, "room": room, "offset": 1, "epoch": EPOCH, "members": 2}
     assert await a.sentinel(b, room) == []
 
 
@@ -249,7 +262,7 @@ async def test_join_since_replays_in_order_before_the_ack(connect: Peers) -> Non
     ]
     assert got[-1] == (
         "<ack>",
-        {"ok": True, "room": room, "offset": 5, "members": 1, "recovered": True},
+        {"ok": True, "room": room, "offset": 5, "epoch": EPOCH, "members": 1, "recovered": True},
     )
 
 
@@ -263,7 +276,17 @@ async def test_join_since_zero_and_since_latest(connect: Peers) -> None:
     assert got[-1][1]["recovered"] is True
     got = await join_recording(c, {"room": room, "since": 3})
     assert got == [
-        ("<ack>", {"ok": True, "room": room, "offset": 3, "members": 2, "recovered": True})
+        (
+            "<ack>",
+            {
+                "ok": True,
+                "room": room,
+                "offset": 3,
+                "epoch": EPOCH,
+                "members": 2,
+                "recovered": True,
+            },
+        )
     ]
 
 
@@ -275,12 +298,29 @@ async def test_join_since_ahead_of_the_room(connect: Peers) -> None:
     # A client from a previous life of the room (a restarted server) gets what there is.
     got = await join_recording(b, {"room": room, "since": 100})
     assert [env["offset"] for _, env in got[:-1]] == [1, 2]
-    assert got[-1][1] == {"ok": True, "room": room, "offset": 2, "members": 1, "recovered": False}
+    assert got[-1][1] == {
+        "ok": True,
+        "room": room,
+        "offset": 2,
+        "epoch": EPOCH,
+        "members": 1,
+        "recovered": False,
+    }
     # A room that never had a message: nothing to replay, and since>0 was not recovered.
     empty = unique()
     got = await join_recording(b, {"room": empty, "since": 7})
     assert got == [
-        ("<ack>", {"ok": True, "room": empty, "offset": 0, "members": 1, "recovered": False})
+        (
+            "<ack>",
+            {
+                "ok": True,
+                "room": empty,
+                "offset": 0,
+                "epoch": EPOCH,
+                "members": 1,
+                "recovered": False,
+            },
+        )
     ]
     got = await join_recording(a, {"room": unique(), "since": 0})
     assert got[-1][1]["recovered"] is True
@@ -297,7 +337,8 @@ async def test_join_since_beyond_trimmed_history(transport: str) -> None:
             got = await join_recording(b, {"room": room, "since": 1})
             assert [env["offset"] for _, env in got[:-1]] == [4, 5, 6]
             assert got[-1][1] == {
-                "ok": True, "room": room, "offset": 6, "members": 1, "recovered": False
+                "ok": True, "room": room, "offset": 6, "epoch": EPOCH, "members": 1,
+                "recovered": False,
             }  # fmt: skip
             # Exactly the first kept message's predecessor is still a full recovery.
             got = await join_recording(c, {"room": room, "since": 3})

@@ -244,3 +244,63 @@ def test_a_room_is_known_from_its_first_member_until_it_has_neither() -> None:
     add(h, "r", clock, 2)
     h.touch("r")  # (a second member: nothing changes)
     assert h.latest("r") == 2
+
+
+# -- epochs ------------------------------------------------------------------------------------
+
+
+def test_a_room_gets_an_epoch_when_made_and_keeps_it_while_known() -> None:
+    clock = Clock()
+    h = History(10, 60, clock)
+    assert h.epoch("r") is None  # not known: no epoch yet, and asking makes nothing
+    assert "r" not in h
+    epoch = h.touch("r")
+    assert isinstance(epoch, str) and 10 <= len(epoch) <= 16
+    assert h.epoch("r") == epoch and h.touch("r") == epoch
+    add(h, "r", clock, 3)
+    assert h.epoch("r") == epoch  # messages do not change it
+    add(h, "other", clock)
+    assert h.epoch("other") not in (None, epoch)  # one per room (made by its first message)
+
+
+def test_a_forgotten_room_made_again_has_a_new_epoch() -> None:
+    clock = Clock()
+    h = History(10, 10, clock)
+    first = h.touch("r")
+    h.forget_if_idle("r")  # its last member left, no history: forgotten
+    second = h.touch("r")
+    assert second != first
+    add(h, "r", clock, 2)
+    clock.now += 10_000  # expired
+    assert h.sweep(lambda room: False) == 1
+    add(h, "r", clock)
+    third = h.epoch("r")
+    assert third not in (None, first, second) and h.latest("r") == 1
+
+
+def test_each_history_draws_its_own_epochs() -> None:
+    # (a restarted process is a new History)
+    epochs = {History(10, 60, Clock()).touch("r") for _ in range(50)}
+    assert len(epochs) == 50
+
+
+def test_replay_with_the_room_s_epoch_is_a_replay_with_since() -> None:
+    clock = Clock()
+    h = History(10, 60, clock)
+    add(h, "r", clock, 5)
+    epoch = h.epoch("r")
+    replay = h.replay("r", 3, epoch)
+    assert offsets(replay.messages) == [4, 5] and replay.recovered is True
+    assert h.replay("r", 5, epoch) == h.replay("r", 5)
+
+
+def test_replay_with_another_epoch_is_everything_held_and_not_recovered() -> None:
+    clock = Clock()
+    h = History(3, 60, clock)
+    add(h, "r", clock, 5)
+    for since in (0, 1, 4, 5, 99):
+        replay = h.replay("r", since, "some-other-epoch")
+        assert offsets(replay.messages) == [3, 4, 5] and replay.recovered is False
+    # an unknown room has no epoch a client can have seen: not recovered either
+    assert h.replay("never", 0, "some-other-epoch").recovered is False
+    assert h.replay("never", 0).recovered is True

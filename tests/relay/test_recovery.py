@@ -242,6 +242,29 @@ async def test_raw_client_recovers_sid_rooms_and_what_it_missed(live_relay: Live
     await b.goodbye()
 
 
+async def test_a_room_waiting_for_its_only_member_keeps_its_epoch(live_relay: LiveRelay) -> None:
+    """The dropped member was the room's only one and it held no message: the room is still
+    known while the session waits, so what was published meanwhile, and the recovered
+    client's rejoin, count in the same epoch and offsets."""
+    room, user = unique(), unique("alice")
+    a = await Raw.connect(live_relay, {"user": user})
+    epoch = (await a.call("join", {"room": room}))["epoch"]
+    await a.vanish()
+    await wait_gone(live_relay, a.sid)
+    assert live_relay.relay.history.epoch(room) == epoch
+    b = await Raw.connect(live_relay, {"user": unique("bob")})
+    p1 = await b.call("publish", {"room": room, "data": 1})
+    assert p1["offset"] == 1
+    back = await Raw.connect(live_relay, {"user": user, "pid": a.pid})
+    assert back.sid == a.sid
+    got = await back.next_events(1)
+    assert [(e, env["data"], env["offset"]) for e, env in got] == [("message", 1, 1)]
+    ack = await back.call("join", {"room": room, "since": 1, "epoch": epoch})
+    assert (ack["epoch"], ack["offset"], ack["members"]) == (epoch, 1, 1)
+    await back.goodbye()
+    await b.goodbye()
+
+
 async def test_unknown_foreign_or_said_goodbye_pids_get_a_new_connection(
     live_relay: LiveRelay,
 ) -> None:

@@ -236,28 +236,37 @@ async function requestPatiently(event, payload) {
   }
 }
 
+/** The envelopes (and typing notices) of rooms whose `join` is in flight, by room. */
+const held = new Map();
+
 async function joinRoom(conv) {
   conv.replaying = true;
+  // What the join replays arrives before its answer, and only the answer's epoch says how to
+  // read its offsets: hold it until then.
+  const replayed = [];
+  held.set(conv.name, replayed);
+  const join = { room: conv.name, since: conv.lastOffset };
+  if (conv.epoch !== null) join.epoch = conv.epoch;
   let ack;
   try {
-    ack = await requestPatiently("join", { room: conv.name, since: conv.lastOffset });
+    ack = await requestPatiently("join", join);
   } catch {
     return; // the connection dropped meanwhile; the next "connect" rejoins
   } finally {
     conv.replaying = false;
+    if (held.get(conv.name) === replayed) held.delete(conv.name);
   }
   if (!ack.ok) {
     view.showBanner(`Could not join ${conv.name}: ${ack.error.message}`);
     if (!conv.loaded) closeConversation(conv.key, false);
     return;
   }
-  if (ack.offset < conv.lastOffset) {
-    // The room restarted from offset 1 (a restarted server): start the room over.
-    conv.messages = conv.messages.filter((m) => m.placeholder); // (ours not sent yet stay)
-    conv.seen.clear();
-    conv.lastOffset = 0;
-    if (conv === store.active) view.renderMessages(conv, isOwn);
-    return joinRoom(conv);
+  // Another epoch: the room started again (a restarted relay, or a room forgotten), and what
+  // it replayed is new, even at offsets we showed before.
+  conv.noteEpoch(ack.epoch);
+  for (const [name, env] of replayed) {
+    if (name === "typing") conv.noteOffset(env.offset); // old news: only its offset counts
+    else onMessage(env);
   }
   conv.loaded = true;
   try {
@@ -299,6 +308,11 @@ function onPresence({ room, action, member }) {
 function onTyping(env) {
   const conv = store.room(env.room);
   if (!conv) return;
+  const hold = held.get(env.room);
+  if (hold) {
+    hold.push(["typing", env]);
+    return;
+  }
   conv.noteOffset(env.offset);
   // Typing notices replayed from history are old news.
   if (conv.replaying || !conv.loaded || ownSids.has(env.from?.sid)) return;
@@ -317,6 +331,11 @@ function onMessage(env) {
   } else {
     conv = store.room(env.room);
     if (!conv) return; // a room we left; late delivery
+    const hold = held.get(env.room);
+    if (hold) {
+      hold.push(["message", env]);
+      return;
+    }
   }
   const cid = env.data && typeof env.data === "object" ? env.data.cid : undefined;
   if (typeof cid === "string" && isOwn(env)) {

@@ -5,6 +5,10 @@
 // deduplicated by it, so a replay after a reconnect (`join` with `since`) merges with what is
 // already shown, once each, in order. `lastOffset` counts every event of the room (typing
 // included), because that is what `since` has to resume from.
+// Offsets are only comparable within one epoch (the `join` ack names the room's): when a
+// rejoin finds another epoch, the room started again (a restarted relay, or a room forgotten),
+// so its offsets begin a new generation here. What was shown stays, before it; the new
+// generation's messages are new even where their offsets repeat old ones.
 // Direct chats have no offsets: they are deduplicated by envelope id, in arrival order.
 
 const STORAGE = { nickname: "relay.nickname", rooms: "relay.rooms", active: "relay.active" };
@@ -43,6 +47,8 @@ export class Conversation {
     this.messages = [];
     this.seen = new Set();
     this.lastOffset = 0;
+    this.epoch = null; // the epoch `lastOffset` counts in (rooms; from the last join ack)
+    this.generation = 0; // how many times the room started again while shown
     this.unread = 0;
     this.loaded = false; // first join answered: later messages are news, not history
     this.replaying = false; // a join with `since` is in flight
@@ -65,19 +71,36 @@ export class Conversation {
       ids.push(`cid:${message.from?.user ?? message.from?.sid ?? ""}:${cid}`);
     }
     if (this.kind === "room" && Number.isInteger(message.offset)) {
-      ids.push(`offset:${message.offset}`);
+      ids.push(`offset:${this.generation}:${message.offset}`);
       // Our own message known from its ack, not from the room: messages before it may still
       // be on their way, so it must not move the offset a rejoin resumes from.
       if (!message.fromAck) this.noteOffset(message.offset);
     }
     if (ids.some((id) => this.seen.has(id))) return -1;
     for (const id of ids) this.seen.add(id);
+    message.generation = this.generation;
     let index = this.messages.length;
     if (this.kind === "room") {
-      while (index > 0 && this.messages[index - 1].offset > message.offset) index -= 1;
+      while (index > 0 && after(this.messages[index - 1], message)) index -= 1;
     }
     this.messages.splice(index, 0, message);
     return index;
+  }
+
+  /**
+   * The room's epoch, from a join ack. Answers true when it is not the one our offsets count
+   * in: the room started again, and a new generation of offsets begins (from 0). Our messages
+   * not sent yet move to it, so they stay last.
+   */
+  noteEpoch(epoch) {
+    if (typeof epoch !== "string" || epoch === this.epoch) return false;
+    const was = this.epoch;
+    this.epoch = epoch;
+    if (was === null) return false; // the first we hear of it: nothing counted in another
+    this.generation += 1;
+    this.lastOffset = 0;
+    for (const m of this.messages) if (m.placeholder) m.generation = this.generation;
+    return true;
   }
 
   noteOffset(offset) {
@@ -113,6 +136,13 @@ export class Conversation {
     }
     return [...names];
   }
+}
+
+/** Whether room message `a` goes after `b`: by generation, then by offset. */
+function after(a, b) {
+  const ga = a.generation ?? 0;
+  const gb = b.generation ?? 0;
+  return ga !== gb ? ga > gb : a.offset > b.offset;
 }
 
 export class Store {
