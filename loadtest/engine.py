@@ -3,7 +3,8 @@
 The worker talks to the parent over a multiprocessing pipe (see :mod:`loadtest.workers` for the
 message flow). Everything per delivery happens in :meth:`Swarm.on_delivery`: find the run's
 tag in the frame (no JSON parse), one dict lookup for the stream, one dict increment for the
-latency; in C (loadtest/_fastcount.c) where it was built, else in Python.
+latency, one compare of the room's offset with the receiver's last; in C
+(loadtest/_fastcount.c) where it was built, else in Python.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import gc
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -30,9 +32,16 @@ from relay.loadtest.stats import SIG_BITS as _SIG_BITS
 
 _fast_count: Callable[..., Any] | None
 try:  # the C accounting (setup: pyproject's ext-modules, optional); else the Python below
-    from relay.loadtest._fastcount import count as _fast_count
+    from relay.loadtest import _fastcount
 except ImportError:  # pragma: no cover - depends on a compiler at install time
     _fast_count = None
+else:  # a build from older sources (another calling convention) counts as none
+    _fast_count = _fastcount.count if getattr(_fastcount, "ABI", 1) == 2 else None
+
+#: the envelope's offset, as loadtest/_fastcount.c reads it (a number of at most 18 digits)
+_offset_in = re.compile(rb'"offset": *(\d{1,18})(?!\d)').search
+_IN_ORDER = stats.IN_ORDER
+_DUPLICATE = stats.DUPLICATE
 
 _time_ns = time.time_ns
 PROGRESS_EVERY = 0.25  # seconds between counter updates to the parent
@@ -77,6 +86,8 @@ class Swarm:
         self.phase = -1
         self.acc = stats.Accounting()
         self.streams = self.acc.streams
+        self.rooms = stats.RoomOffsets(len(cfg.indices))
+        self.room_last = self.rooms.last
         self.lat = stats.Counts()
         self.lat_buckets = self.lat.buckets
         self.marker = f'"{cfg.run_id}:'.encode()
@@ -118,9 +129,11 @@ class Swarm:
         if i < 0:
             self._off_phase(frame)
             return
+        at = i
         i += self.hot_len
         try:
-            stream, seq_b, sent = frame[i : frame.index(b'"', i)].split(b":")
+            end = frame.index(b'"', i)
+            stream, seq_b, sent = frame[i:end].split(b":")
             now = _time_ns()
             seq = int(seq_b)
             key = (local << 32) | int(stream)
@@ -134,8 +147,19 @@ class Swarm:
         if st is not None and seq == st[0] and st[2] is None:
             st[0] = seq + 1
             st[1] = seq
+            status = _IN_ORDER
         else:
-            acc.place(key, seq)
+            status = acc.place(key, seq)
+        if status != _DUPLICATE:
+            # after our tag (relay puts it after data), else before it; none: not a room's
+            m = _offset_in(frame, end) or _offset_in(frame, 0, at)
+            if m is not None:
+                offset = int(m[1])
+                last = self.room_last
+                if offset == last[local] + 1:
+                    last[local] = offset
+                else:
+                    self.rooms.check(local, offset, status != _IN_ORDER)
         # stats.quantize, inlined: this runs once per received delivery
         if lat >= _EXACT_BELOW:
             shift = lat.bit_length() - _SIG_BITS
@@ -150,7 +174,7 @@ class Swarm:
         """:meth:`on_delivery` with the parse, the latency and the stream's fast path in C
         (loadtest/_fastcount.c): about 0.4 µs a delivery instead of 2."""
         assert _fast_count is not None
-        r = _fast_count(frame, self.hot, local, self.streams, self.lat_buckets)
+        r = _fast_count(frame, self.hot, local, self.streams, self.lat_buckets, self.room_last)
         if r.__class__ is int:
             if r > 0:
                 self.acc.received += 1
@@ -160,10 +184,16 @@ class Swarm:
             else:
                 self.foreign += 1
             return
-        now, key, seq = r
+        now, key, seq, offset = r
         acc = self.acc
         acc.received += 1
-        acc.place(key, seq)
+        status = _IN_ORDER if key is None else acc.place(key, seq)
+        if offset >= 0 and status != _DUPLICATE:
+            last = self.room_last
+            if offset == last[local] + 1:
+                last[local] = offset
+            else:
+                self.rooms.check(local, offset, status != _IN_ORDER)
         self.last_ns = now
 
     #: the sink's entry point: the C accounting where it was built
@@ -228,7 +258,11 @@ class Swarm:
             "received": self.acc.received,
             "unique": self.acc.unique,
             "duplicates": self.acc.duplicates,
-            "out_of_order": self.acc.out_of_order,
+            # each delivery once: the room's offsets count only what the streams did not
+            "out_of_order": self.acc.out_of_order + self.rooms.out_of_order,
+            "out_of_order_by_offset": self.rooms.out_of_order,
+            "offset_gaps": self.rooms.gaps,
+            "epoch_changes": self.rooms.epoch_changes,
             "late": self.late,
             "foreign": self.foreign,
             "cpu_s": time.process_time(),
@@ -302,6 +336,10 @@ class Swarm:
         done: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
 
         def acked(ok: bool, code: str | None, data: Any) -> None:
+            if ok:
+                first = data[0] if isinstance(data, list) and data else data
+                if isinstance(first, dict):
+                    self.rooms.joined(client.local, first.get("offset"), first.get("epoch"))
             if not done.done():
                 done.set_result((ok, code))
 
@@ -398,6 +436,7 @@ class Swarm:
         self.last_ns = 0
         self.acc = stats.Accounting()
         self.streams = self.acc.streams
+        self.rooms.reset_counts()  # the offsets seen so far still hold
         self.bseq.clear()
         self.useq.clear()
         self._reset_phase_counters()

@@ -44,11 +44,13 @@ def build(scn: Scenario, raw: dict[str, Any]) -> dict[str, Any]:
     conn = raw.get("connect") or {}
     counts = dict.fromkeys(
         ("published", "acked", "rejected", "expected", "received", "unique", "duplicates",
-         "out_of_order", "late"), 0,
+         "out_of_order", "out_of_order_by_offset", "offset_gaps", "epoch_changes", "late"), 0,
     )  # fmt: skip
     for p in phases:
         for key in counts:
-            counts[key] += p.counts[key]
+            counts[key] += p.counts.get(key, 0)
+    # only a server giving two messages one offset fills more gaps than it opened
+    counts["offset_gaps"] = max(0, counts["offset_gaps"])
     lost = sum(p.lost for p in phases)
     window = sum(p.window_s for p in phases)
     phase_cpu = sum(p.cpu_s for p in phases)
@@ -134,6 +136,7 @@ def _step(p: PhaseResult) -> dict[str, Any]:
         "rate": round(p.rate, 2),
         **{k: p.counts[k] for k in ("published", "expected", "received", "duplicates")},
         "out_of_order": p.counts["out_of_order"],
+        "out_of_order_by_offset": p.counts.get("out_of_order_by_offset", 0),
         "lost": p.lost,
         "deliveries_per_s": round(p.deliveries_per_s, 1),
         "latency_ms": stats.summary_ms(p.latency, stats.LATENCY_PERCENTILES),
@@ -281,7 +284,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("received", fmt.count(report["received"])),
         ("lost", fmt.count(report["lost"])),
         ("duplicates", fmt.count(report["duplicates"])),
-        ("out of order", fmt.count(report["out_of_order"])),
+        ("out of order", _out_of_order(report)),
+        ("offset gaps / epoch changes", _slash(fmt.count(report.get("offset_gaps", 0)),
+                                               fmt.count(report.get("epoch_changes", 0)))),
         ("deliveries/s", fmt.rate(report["deliveries_per_s"])),
         ("latency ms p50 / p90 / p99", _slash(fmt.ms(lat["p50"]), fmt.ms(lat["p90"]),
                                               fmt.ms(lat["p99"]))),
@@ -289,6 +294,14 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("generator CPU %", fmt.pct(report["loadgen_cpu_percent"])),
         ("generator CPU µs / delivery", fmt.us(report["loadgen_cpu_us_per_delivery"])),
     ]  # fmt: skip
+
+
+def _out_of_order(report: dict[str, Any]) -> str:
+    """``12 (9 by room offset)``: how many only the room's offsets showed (another publisher's
+    message overtook them), when any."""
+    by_offset = report.get("out_of_order_by_offset", 0)
+    total = fmt.count(report["out_of_order"])
+    return f"{total} ({fmt.count(by_offset)} by room offset)" if by_offset else total
 
 
 RAMP_COLUMNS = ("rate msgs/s", "deliveries/s", "p99 ms", "lost", "gen CPU %", "gen µs/delivery",

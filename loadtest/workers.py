@@ -34,7 +34,8 @@ from relay.loadtest.scenario import Scenario
 
 COUNTERS = (
     "published", "acked", "rejected", "expected", "received", "unique",
-    "duplicates", "out_of_order", "late",
+    "duplicates", "out_of_order", "late", "out_of_order_by_offset", "offset_gaps",
+    "epoch_changes",
 )  # fmt: skip
 
 
@@ -204,7 +205,7 @@ class Orchestrator:
         for body in self.latest.values():
             if body.get("phase") == self.phase:
                 for key in COUNTERS:
-                    out[key] += body[key]
+                    out[key] += body.get(key, 0)
         return out
 
     def cpu_seconds(self) -> float:
@@ -374,7 +375,7 @@ class Orchestrator:
         cpu = time.process_time() - cpu_parent0
         for w, body in self.results.items():
             for key in COUNTERS:
-                counts[key] += body[key]
+                counts[key] += body.get(key, 0)
             for code, c in body.get("errors", {}).items():
                 errors[code] = errors.get(code, 0) + c
             wcpu = body["cpu_s"] - self._worker_cpu_at_start.get(w, 0.0)
