@@ -27,6 +27,7 @@ import aiohttp
 
 from relay.loadtest import stats
 from relay.loadtest.clients import Client, ConnectError, PollingClient, WSClient
+from relay.loadtest.scenario import node_of
 from relay.loadtest.stats import EXACT_BELOW as _EXACT_BELOW
 from relay.loadtest.stats import SIG_BITS as _SIG_BITS
 
@@ -67,6 +68,13 @@ class WorkerConfig:
     seed: int = 0
     room_prefix: str = "lt"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: every node (a cluster's URLs); () is ``(url,)``. Client ``idx`` goes to
+    #: ``urls[scenario.node_of(idx, rooms, len(urls))]``
+    urls: tuple[str, ...] = ()
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
 
 
 def room_name(prefix: str, run_id: str, room: int) -> str:
@@ -88,8 +96,13 @@ class Swarm:
         self.streams = self.acc.streams
         self.rooms = stats.RoomOffsets(len(cfg.indices))
         self.room_last = self.rooms.last
-        self.lat = stats.Counts()
+        # latencies per node; a receiver's deliveries are counted in its node's buckets
+        nodes = len(cfg.nodes)
+        self.lats = [stats.Counts() for _ in range(nodes)]
+        self.lat = self.lats[0]
         self.lat_buckets = self.lat.buckets
+        self.node_of_local = [node_of(idx, cfg.rooms, nodes) for idx in cfg.indices]
+        self.buckets_of = [self.lats[n].buckets for n in self.node_of_local]
         self.marker = f'"{cfg.run_id}:'.encode()
         self.marker_len = len(self.marker)
         self.set_phase(-1)
@@ -113,6 +126,8 @@ class Swarm:
         self.rejected = 0
         self.expected = 0
         self.error_codes: dict[str, int] = {}
+        #: per node: [published, acked, rejected, {error code: count}]
+        self.per_node: list[list[Any]] = [[0, 0, 0, {}] for _ in self.cfg.nodes]
 
     # -- sink for clients -----------------------------------------------------------------
     def on_delivery_py(self, local: int, frame: bytes) -> None:
@@ -166,7 +181,7 @@ class Swarm:
             lat = (lat >> shift) << shift
         elif lat < 0:
             lat = 0
-        buckets = self.lat_buckets
+        buckets = self.buckets_of[local]
         buckets[lat] = buckets.get(lat, 0) + 1
         self.last_ns = now
 
@@ -174,7 +189,9 @@ class Swarm:
         """:meth:`on_delivery` with the parse, the latency and the stream's fast path in C
         (loadtest/_fastcount.c): about 0.4 µs a delivery instead of 2."""
         assert _fast_count is not None
-        r = _fast_count(frame, self.hot, local, self.streams, self.lat_buckets, self.room_last)
+        r = _fast_count(
+            frame, self.hot, local, self.streams, self.buckets_of[local], self.room_last
+        )
         if r.__class__ is int:
             if r > 0:
                 self.acc.received += 1
@@ -211,14 +228,18 @@ class Swarm:
                 return
         self.foreign += 1
 
-    def on_ack(self, token: Any, ok: bool, code: str | None) -> None:
+    def on_ack(self, client: Client, token: Any, ok: bool, code: str | None) -> None:
+        node = self.per_node[client.node]
         if ok:
             self.acked += 1
+            node[1] += 1
             return
         self.rejected += 1
+        node[2] += 1
         self.expected -= self.room_sizes.get(token, 0) if token >= 0 else 1
         key = code or "error"
         self.error_codes[key] = self.error_codes.get(key, 0) + 1
+        node[3][key] = node[3].get(key, 0) + 1
 
     def on_closed(self, client: Client) -> None:
         if client.sid is not None:
@@ -268,9 +289,11 @@ class Swarm:
             "cpu_s": time.process_time(),
             "last_ns": self.last_ns,
             "errors": dict(self.error_codes),
-        }
+            "nodes": [[pub, acked, rejected, dict(codes)] for pub, acked, rejected, codes in
+                      self.per_node],
+        }  # fmt: skip
         if with_hist:
-            body["hist"] = self.lat.take()
+            body["hists"] = [lat.take() for lat in self.lats]  # per node
         return body
 
     async def _ticker(self) -> None:
@@ -297,9 +320,10 @@ class Swarm:
             PollingClient.session = session
         self.session = session
         for local, idx in enumerate(cfg.indices):
-            self.clients.append(cls(idx, local, idx % cfg.rooms, self))
+            self.clients.append(cls(idx, local, idx % cfg.rooms, self, self.node_of_local[local]))
         connect_counts = stats.Counts()
         errors: dict[str, int] = {}
+        node_errors = [0] * len(cfg.nodes)
         gate = asyncio.Semaphore(cfg.concurrency)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -311,10 +335,11 @@ class Swarm:
                     await asyncio.sleep(delay)
             async with gate:
                 try:
-                    await client.open(cfg.url, cfg.auth, cfg.connect_timeout)
+                    await client.open(cfg.nodes[client.node], cfg.auth, cfg.connect_timeout)
                 except ConnectError as exc:
                     msg = str(exc)[:160]
                     errors[msg] = errors.get(msg, 0) + 1
+                    node_errors[client.node] += 1
                     with contextlib.suppress(Exception):
                         await client.close()
                     return
@@ -328,6 +353,7 @@ class Swarm:
         return {
             "clients": [(c.idx, c.sid, c.joined) for c in self.clients if c.sid and not c.closed],
             "errors": errors,
+            "node_errors": node_errors,
             "connect_hist": stats.encode(hist),
             "connect_s": loop.time() - t0,
         }
@@ -404,6 +430,7 @@ class Swarm:
             f'"x":"{self.pad}"}}}}]'
         )
         self.published += 1
+        self.per_node[client.node][0] += 1
         self.expected += self.room_sizes.get(client.room, 0)
 
     def _direct(self, client: Client, k: int) -> None:
@@ -427,6 +454,7 @@ class Swarm:
             f'"x":"{self.pad}"}}}}]'
         )
         self.published += 1
+        self.per_node[client.node][0] += 1
         self.expected += 1
 
     def collect(self) -> dict[str, Any]:
