@@ -9,12 +9,15 @@
 3. ``clients``: connect N clients to URL at a low publish rate; prints how many connected.
 4. ``fanout``: like ``run``, against a built-in minimal picows contract server fast enough to
    saturate the generator (so the CPU per delivery is measured at full load).
+5. ``sink``: Swarm.on_delivery alone, no sockets: CPU ns per call on relay-shaped frames
+   (stream, latency and room offset accounting; C where built), the best of ``--repeat``.
 
     python benchmarks/loadgen_cpu.py transport --clients 500 --frames 400 --rate 40 --repeat 3
     python benchmarks/loadgen_cpu.py run --url http://127.0.0.1:3000 --clients 1000 --rooms 1 \\
         --publishers 10 --rate 40 --duration 10
     python benchmarks/loadgen_cpu.py clients --url http://127.0.0.1:3000 --clients 10000
     python benchmarks/loadgen_cpu.py fanout --clients 1000 --rooms 1 --publishers 10 --rate 100
+    python benchmarks/loadgen_cpu.py sink --clients 200 --frames 1000 --repeat 7
 """
 
 from __future__ import annotations
@@ -162,12 +165,13 @@ def fanout(args: argparse.Namespace) -> None:
         proc.kill()
 
 
-def _swarm() -> Any:
+def _swarm(clients: int) -> Any:
     from relay.loadtest.engine import Swarm, WorkerConfig
 
     cfg = WorkerConfig(
         url="", transport="websocket", run_id=RUN, mode="broadcast", rooms=1, publishers=0,
-        payload=0, indices=(), connect_rate=None, connect_timeout=10, concurrency=1,
+        payload=0, indices=tuple(range(clients)), connect_rate=None, connect_timeout=10,
+        concurrency=1,
     )  # fmt: skip
     swarm = Swarm(cfg, None)  # type: ignore[arg-type]
     swarm.set_phase(0)
@@ -180,7 +184,7 @@ async def _recv_lean(url: str, clients: int) -> Any:
 
     from relay.loadtest import clients as lc
 
-    swarm = _swarm()
+    swarm = _swarm(clients)
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     left = [clients]
@@ -207,7 +211,7 @@ async def _recv_lean(url: str, clients: int) -> Any:
 async def _recv_picows(url: str, clients: int) -> Any:
     from picows import WSListener, WSMsgType, ws_connect
 
-    swarm = _swarm()
+    swarm = _swarm(clients)
     done = asyncio.get_running_loop().create_future()
     left = [clients]
     prefix = b'42["message",'
@@ -236,7 +240,7 @@ async def _recv_picows(url: str, clients: int) -> Any:
 async def _recv_websockets(url: str, clients: int) -> Any:
     import websockets
 
-    swarm = _swarm()
+    swarm = _swarm(clients)
     prefix = b'42["message",'
 
     async def one(local: int) -> None:
@@ -251,6 +255,29 @@ async def _recv_websockets(url: str, clients: int) -> Any:
 
     await asyncio.gather(*(one(i) for i in range(clients)))
     return swarm
+
+
+def sink(args: argparse.Namespace) -> None:
+    """CPU per Swarm.on_delivery call, receive path without sockets: ``--frames`` deliveries
+    to each of ``--clients`` receivers, round-robin (as a broadcast), in offset order."""
+    frames = [_frame(i, 0) for i in range(args.frames)]
+    results: list[float] = []
+    for _ in range(args.repeat):
+        swarm = _swarm(args.clients)
+        deliver = swarm.on_delivery_py if args.python else swarm.on_delivery
+        receivers = range(args.clients)
+        t0 = time.process_time_ns()
+        for f in frames:
+            for local in receivers:
+                deliver(local, f)
+        spent = time.process_time_ns() - t0
+        assert swarm.acc.received == args.clients * args.frames
+        results.append(spent / swarm.acc.received)
+    print(
+        f"{'Python' if deliver.__name__.endswith('_py') else 'C'} on_delivery: "
+        f"best {min(results):.0f} ns, median {sorted(results)[len(results) // 2]:.0f} ns CPU a "
+        f"delivery ({', '.join(f'{r:.0f}' for r in results)})"
+    )
 
 
 RECEIVERS = {"lean": _recv_lean, "picows": _recv_picows, "websockets": _recv_websockets}
@@ -318,6 +345,11 @@ def main() -> None:
     t.add_argument("--repeat", type=int, default=2)
     t.add_argument("--rate", type=float, default=0, help="rounds/s (0: as fast as possible)")
     t.add_argument("--variants", default="lean,picows,websockets")
+    k = sub.add_parser("sink")
+    k.add_argument("--clients", type=int, default=200)
+    k.add_argument("--frames", type=int, default=1000)
+    k.add_argument("--repeat", type=int, default=7)
+    k.add_argument("--python", action="store_true", help="the Python path, not the C one")
     for name in ("run", "clients", "fanout"):
         r = sub.add_parser(name)
         r.add_argument("--url", required=name != "fanout")
@@ -330,7 +362,8 @@ def main() -> None:
         r.add_argument("--workers", type=int, default=os.cpu_count() or 1)
         r.add_argument("--connect-rate", type=float, default=None)
     args = ap.parse_args()
-    {"transport": transport, "run": run, "clients": run, "fanout": fanout}[args.cmd](args)
+    commands = {"transport": transport, "run": run, "clients": run, "fanout": fanout, "sink": sink}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

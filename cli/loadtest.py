@@ -36,13 +36,15 @@ def _opt(metavar: str, help: str, **extra: Any) -> Any:
 def loadtest(
     ctx: typer.Context,
     url: Annotated[
-        str,
+        list[str] | None,
         _opt(
             "URL",
-            "Server to load: http(s)://host:port, ws(s)://host:port or host:port.",
+            "Server to load: http(s)://host:port, ws(s)://host:port or host:port. Repeat it for "
+            "the nodes of a cluster: clients and publishers go to them round-robin.",
             envvar="RELAY_URL",
+            show_default=_D.url,
         ),
-    ] = _D.url,
+    ] = None,
     clients: Annotated[int, _opt("N", "Connections to open.")] = _D.clients,
     rooms: Annotated[int, _opt("N", "Rooms; client i joins room i % N.")] = _D.rooms,
     mode: Annotated[
@@ -105,7 +107,7 @@ def loadtest(
     from relay.loadtest.scenario import ScenarioError
     from relay.loadtest.workers import Orchestrator, RunError
 
-    values = dict(
+    values: dict[str, Any] = dict(
         url=url, clients=clients, rooms=rooms, mode=mode, rate=rate, duration=duration,
         publishers=publishers, payload=payload, connect_rate=connect_rate, transport=transport,
         workers=workers, drain=drain, ramp=ramp, ramp_factor=ramp_factor, ramp_steps=ramp_steps,
@@ -114,6 +116,9 @@ def loadtest(
     )  # fmt: skip
     typed = {name: v for name, v in values.items() if from_command_line(ctx, name)}
     from_env = {name: values[name] for name in ("url", "token") if from_environment(ctx, name)}
+    for given in (typed, from_env):  # --url repeated, or RELAY_URL's space-separated nodes
+        if given.get("url") is not None:
+            given["url"] = tuple(given["url"])
     try:
         scn = Scenario.load(scenario, typed, fallbacks=from_env)
     except ScenarioError as exc:

@@ -1,18 +1,25 @@
 /* The swarm's per-delivery accounting, in C: loadtest.engine.Swarm.on_delivery's fast path.
  *
- * count(frame, hot, local, streams, buckets) finds the tag `hot` ("RUN:PHASE: ...) in a
- * delivered frame, parses STREAM:SEQ:SENT_NS after it (digits only, ended by a quote), records
+ * count(frame, hot, local, streams, buckets, rooms) finds the tag `hot` ("RUN:PHASE: ...) in
+ * a delivered frame, parses STREAM:SEQ:SENT_NS after it (digits only, ended by a quote), records
  * the latency (now - SENT_NS, in µs, quantized to 11 significant bits) in `buckets`
  * ({value: count}) and advances the stream's watermark in `streams` when the delivery is the
- * next one expected. It returns:
+ * next one expected. Then the envelope's "offset" (searched backwards from the frame's end,
+ * where relay puts it, then before the tag; -1 when absent or null, as for a direct message):
+ * when the stream was in order and the offset is rooms[local] + 1 (the room's next), it is
+ * stored there (loadtest.stats.RoomOffsets.last). It returns:
  *   an int > 0      handled; the int is the receive time (ns since the epoch)
- *   (now, key, seq) latency recorded; the stream needs loadtest.stats.Accounting.place
+ *   (now, key, seq, offset)
+ *                   latency recorded; the stream needs loadtest.stats.Accounting.place (and
+ *                   then the offset RoomOffsets.check), or, when key is None, the stream was
+ *                   in order and only the offset needs RoomOffsets.check
  *   -1              no tag for this phase (a late or foreign delivery)
  *   -2              a tag that does not parse
  * It mirrors the pure-Python path in loadtest/engine.py exactly, which stays the reference
  * (and the fallback where this module was not built); tests/loadtest/test_fastcount.py
  * compares the two.
  */
+#define _GNU_SOURCE /* memmem, memrchr */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
@@ -43,6 +50,62 @@ parse_digits(const char **pp, const char *limit, char end, long long *out)
     *pp = p + 1;
     *out = v;
     return 0;
+}
+
+/* The envelope's "offset" value, or -1 (absent, null, not a number). Backwards from the end
+ * down to the tag's end first (relay's envelope ends with offset and ts, after a data of any
+ * size: a byte loop finds it within a few dozen bytes, then memrchr skips a payload's padding
+ * quickly), then forwards before the tag (memmem). Only our data sits between the quotes
+ * searched, and it holds no "offset" key. */
+#define OFFSET_NEAR_END 96
+static long long
+find_offset(const char *data, const char *limit, const char *tag_at, const char *tag_end)
+{
+    static const char key[] = "\"offset\":";
+    const size_t klen = sizeof(key) - 1;
+    const char *hit = NULL;
+    const char *q = limit - klen;
+    const char *near = limit - OFFSET_NEAR_END > tag_end ? limit - OFFSET_NEAR_END : tag_end;
+    for (; q >= near; q--) {
+        if (q[0] == '"' && q[1] == 'o' && memcmp(q, key, klen) == 0) {
+            hit = q;
+            break;
+        }
+    }
+    if (hit == NULL && q >= tag_end) { /* far from the end: quote to quote */
+        const char *p = q + 1; /* positions above q were looked at */
+        while (p > tag_end) {
+            const char *r = memrchr(tag_end, '"', (size_t)(p - tag_end));
+            if (r == NULL) {
+                break;
+            }
+            if (r + klen <= limit && memcmp(r, key, klen) == 0) {
+                hit = r;
+                break;
+            }
+            p = r;
+        }
+    }
+    if (hit == NULL && (size_t)(tag_at - data) >= klen) {
+        hit = memmem(data, (size_t)(tag_at - data), key, klen);
+    }
+    if (hit == NULL) {
+        return -1;
+    }
+    const char *p = hit + klen;
+    while (p < limit && *p == ' ') {
+        p++;
+    }
+    long long v = 0;
+    int n = 0;
+    while (p < limit && *p >= '0' && *p <= '9') {
+        if (++n > 18) {
+            return -1;
+        }
+        v = v * 10 + (*p - '0');
+        p++;
+    }
+    return n ? v : -1;
 }
 
 static int
@@ -79,18 +142,23 @@ bump_bucket(PyObject *buckets, long long lat)
 static PyObject *
 count(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "count(frame, hot, local, streams, buckets)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "count(frame, hot, local, streams, buckets, rooms)");
         return NULL;
     }
     PyObject *frame = args[0], *hot = args[1], *streams = args[3], *buckets = args[4];
+    PyObject *rooms = args[5];
     if (!PyBytes_Check(frame) || !PyBytes_Check(hot) || !PyDict_Check(streams) ||
-        !PyDict_Check(buckets)) {
-        PyErr_SetString(PyExc_TypeError, "count(bytes, bytes, int, dict, dict)");
+        !PyDict_Check(buckets) || !PyList_Check(rooms)) {
+        PyErr_SetString(PyExc_TypeError, "count(bytes, bytes, int, dict, dict, list)");
         return NULL;
     }
     long long local = PyLong_AsLongLong(args[2]);
     if (local == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (local < 0 || local >= PyList_GET_SIZE(rooms)) {
+        PyErr_SetString(PyExc_IndexError, "count: local is not an index of rooms");
         return NULL;
     }
     const char *data = PyBytes_AS_STRING(frame);
@@ -111,6 +179,7 @@ count(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         parse_digits(&p, limit, '"', &sent) || stream > 0xFFFFFFFFLL) {
         return PyLong_FromLong(-2);
     }
+    long long offset = find_offset(data, limit, at, p);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     long long now = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
@@ -155,16 +224,32 @@ count(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             PyList_SetItem(st, 0, next); /* steals; releases the old item */
             PyList_SetItem(st, 1, high);
             Py_DECREF(key);
-            return PyLong_FromLongLong(now);
+            if (offset < 0) {
+                return PyLong_FromLongLong(now);
+            }
+            long long last = PyLong_AsLongLong(PyList_GET_ITEM(rooms, local));
+            if (last == -1 && PyErr_Occurred()) {
+                return NULL;
+            }
+            if (offset == last + 1) {
+                PyObject *off = PyLong_FromLongLong(offset);
+                if (off == NULL) {
+                    return NULL;
+                }
+                PyList_SetItem(rooms, local, off);
+                return PyLong_FromLongLong(now);
+            }
+            return Py_BuildValue("(LOLL)", now, Py_None, seq, offset);
         }
     }
-    PyObject *out = Py_BuildValue("(LNL)", now, key, seq); /* N: steals key */
+    PyObject *out = Py_BuildValue("(LNLL)", now, key, seq, offset); /* N: steals key */
     return out;
 }
 
 static PyMethodDef methods[] = {
     {"count", (PyCFunction)(void (*)(void))count, METH_FASTCALL,
-     "count(frame, hot, local, streams, buckets): one delivery's accounting (see module doc)."},
+     "count(frame, hot, local, streams, buckets, rooms): one delivery's accounting (see module "
+     "doc)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -177,5 +262,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__fastcount(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* count()'s calling convention: loadtest.engine uses a build of another one (a stale .so)
+     * as if none were built. 2: the rooms argument and the offset in the tuple. */
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -56,7 +56,7 @@ class Sink(Protocol):
 
     def on_delivery(self, local: int, frame: bytes) -> None: ...
 
-    def on_ack(self, token: Any, ok: bool, code: str | None) -> None: ...
+    def on_ack(self, client: Client, token: Any, ok: bool, code: str | None) -> None: ...
 
     def on_closed(self, client: Client) -> None: ...
 
@@ -68,10 +68,12 @@ class ConnectError(Exception):
 class Client:
     """Socket.IO v5 over one Engine.IO v4 connection (default namespace)."""
 
-    def __init__(self, idx: int, local: int, room: int, sink: Sink) -> None:
+    def __init__(self, idx: int, local: int, room: int, sink: Sink, node: int = 0) -> None:
         self.idx = idx
         self.local = local
         self.room = room
+        #: which of the run's URLs (cluster nodes) it connects to
+        self.node = node
         self.sink = sink
         self.sid: str | None = None
         self.joined = False
@@ -123,7 +125,7 @@ class Client:
                 if callable(token):
                     token(ok, code, data)
                 else:
-                    self.sink.on_ack(token, ok, code)
+                    self.sink.on_ack(self, token, ok, code)
         elif sio_type == "0":
             sid = data.get("sid") if isinstance(data, dict) else None
             if self._ready is not None and not self._ready.done():
@@ -444,8 +446,8 @@ class PollingClient(Client):
 
     session: aiohttp.ClientSession
 
-    def __init__(self, idx: int, local: int, room: int, sink: Sink) -> None:
-        super().__init__(idx, local, room, sink)
+    def __init__(self, idx: int, local: int, room: int, sink: Sink, node: int = 0) -> None:
+        super().__init__(idx, local, room, sink, node)
         self._out: list[str] = []
         self._posting = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -547,4 +549,4 @@ class _suppress:
         return et is not None and issubclass(et, (OSError, aiohttp.ClientError, TimeoutError))
 
 
-Factory = Callable[[int, int, int, Sink], Client]
+Factory = Callable[[int, int, int, Sink, int], Client]

@@ -3,7 +3,8 @@
 The worker talks to the parent over a multiprocessing pipe (see :mod:`loadtest.workers` for the
 message flow). Everything per delivery happens in :meth:`Swarm.on_delivery`: find the run's
 tag in the frame (no JSON parse), one dict lookup for the stream, one dict increment for the
-latency; in C (loadtest/_fastcount.c) where it was built, else in Python.
+latency, one compare of the room's offset with the receiver's last; in C
+(loadtest/_fastcount.c) where it was built, else in Python.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import gc
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -25,14 +27,22 @@ import aiohttp
 
 from relay.loadtest import stats
 from relay.loadtest.clients import Client, ConnectError, PollingClient, WSClient
+from relay.loadtest.scenario import node_of
 from relay.loadtest.stats import EXACT_BELOW as _EXACT_BELOW
 from relay.loadtest.stats import SIG_BITS as _SIG_BITS
 
 _fast_count: Callable[..., Any] | None
 try:  # the C accounting (setup: pyproject's ext-modules, optional); else the Python below
-    from relay.loadtest._fastcount import count as _fast_count
+    from relay.loadtest import _fastcount
 except ImportError:  # pragma: no cover - depends on a compiler at install time
     _fast_count = None
+else:  # a build from older sources (another calling convention) counts as none
+    _fast_count = _fastcount.count if getattr(_fastcount, "ABI", 1) == 2 else None
+
+#: the envelope's offset, as loadtest/_fastcount.c reads it (a number of at most 18 digits)
+_offset_in = re.compile(rb'"offset": *(\d{1,18})(?!\d)').search
+_IN_ORDER = stats.IN_ORDER
+_DUPLICATE = stats.DUPLICATE
 
 _time_ns = time.time_ns
 PROGRESS_EVERY = 0.25  # seconds between counter updates to the parent
@@ -58,6 +68,13 @@ class WorkerConfig:
     seed: int = 0
     room_prefix: str = "lt"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: every node (a cluster's URLs); () is ``(url,)``. Client ``idx`` goes to
+    #: ``urls[scenario.node_of(idx, rooms, len(urls))]``
+    urls: tuple[str, ...] = ()
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
 
 
 def room_name(prefix: str, run_id: str, room: int) -> str:
@@ -77,8 +94,15 @@ class Swarm:
         self.phase = -1
         self.acc = stats.Accounting()
         self.streams = self.acc.streams
-        self.lat = stats.Counts()
+        self.rooms = stats.RoomOffsets(len(cfg.indices))
+        self.room_last = self.rooms.last
+        # latencies per node; a receiver's deliveries are counted in its node's buckets
+        nodes = len(cfg.nodes)
+        self.lats = [stats.Counts() for _ in range(nodes)]
+        self.lat = self.lats[0]
         self.lat_buckets = self.lat.buckets
+        self.node_of_local = [node_of(idx, cfg.rooms, nodes) for idx in cfg.indices]
+        self.buckets_of = [self.lats[n].buckets for n in self.node_of_local]
         self.marker = f'"{cfg.run_id}:'.encode()
         self.marker_len = len(self.marker)
         self.set_phase(-1)
@@ -102,6 +126,8 @@ class Swarm:
         self.rejected = 0
         self.expected = 0
         self.error_codes: dict[str, int] = {}
+        #: per node: [published, acked, rejected, {error code: count}]
+        self.per_node: list[list[Any]] = [[0, 0, 0, {}] for _ in self.cfg.nodes]
 
     # -- sink for clients -----------------------------------------------------------------
     def on_delivery_py(self, local: int, frame: bytes) -> None:
@@ -118,9 +144,11 @@ class Swarm:
         if i < 0:
             self._off_phase(frame)
             return
+        at = i
         i += self.hot_len
         try:
-            stream, seq_b, sent = frame[i : frame.index(b'"', i)].split(b":")
+            end = frame.index(b'"', i)
+            stream, seq_b, sent = frame[i:end].split(b":")
             now = _time_ns()
             seq = int(seq_b)
             key = (local << 32) | int(stream)
@@ -134,15 +162,26 @@ class Swarm:
         if st is not None and seq == st[0] and st[2] is None:
             st[0] = seq + 1
             st[1] = seq
+            status = _IN_ORDER
         else:
-            acc.place(key, seq)
+            status = acc.place(key, seq)
+        if status != _DUPLICATE:
+            # after our tag (relay puts it after data), else before it; none: not a room's
+            m = _offset_in(frame, end) or _offset_in(frame, 0, at)
+            if m is not None:
+                offset = int(m[1])
+                last = self.room_last
+                if offset == last[local] + 1:
+                    last[local] = offset
+                else:
+                    self.rooms.check(local, offset, status != _IN_ORDER)
         # stats.quantize, inlined: this runs once per received delivery
         if lat >= _EXACT_BELOW:
             shift = lat.bit_length() - _SIG_BITS
             lat = (lat >> shift) << shift
         elif lat < 0:
             lat = 0
-        buckets = self.lat_buckets
+        buckets = self.buckets_of[local]
         buckets[lat] = buckets.get(lat, 0) + 1
         self.last_ns = now
 
@@ -150,7 +189,9 @@ class Swarm:
         """:meth:`on_delivery` with the parse, the latency and the stream's fast path in C
         (loadtest/_fastcount.c): about 0.4 µs a delivery instead of 2."""
         assert _fast_count is not None
-        r = _fast_count(frame, self.hot, local, self.streams, self.lat_buckets)
+        r = _fast_count(
+            frame, self.hot, local, self.streams, self.buckets_of[local], self.room_last
+        )
         if r.__class__ is int:
             if r > 0:
                 self.acc.received += 1
@@ -160,10 +201,16 @@ class Swarm:
             else:
                 self.foreign += 1
             return
-        now, key, seq = r
+        now, key, seq, offset = r
         acc = self.acc
         acc.received += 1
-        acc.place(key, seq)
+        status = _IN_ORDER if key is None else acc.place(key, seq)
+        if offset >= 0 and status != _DUPLICATE:
+            last = self.room_last
+            if offset == last[local] + 1:
+                last[local] = offset
+            else:
+                self.rooms.check(local, offset, status != _IN_ORDER)
         self.last_ns = now
 
     #: the sink's entry point: the C accounting where it was built
@@ -181,14 +228,18 @@ class Swarm:
                 return
         self.foreign += 1
 
-    def on_ack(self, token: Any, ok: bool, code: str | None) -> None:
+    def on_ack(self, client: Client, token: Any, ok: bool, code: str | None) -> None:
+        node = self.per_node[client.node]
         if ok:
             self.acked += 1
+            node[1] += 1
             return
         self.rejected += 1
+        node[2] += 1
         self.expected -= self.room_sizes.get(token, 0) if token >= 0 else 1
         key = code or "error"
         self.error_codes[key] = self.error_codes.get(key, 0) + 1
+        node[3][key] = node[3].get(key, 0) + 1
 
     def on_closed(self, client: Client) -> None:
         if client.sid is not None:
@@ -228,15 +279,21 @@ class Swarm:
             "received": self.acc.received,
             "unique": self.acc.unique,
             "duplicates": self.acc.duplicates,
-            "out_of_order": self.acc.out_of_order,
+            # each delivery once: the room's offsets count only what the streams did not
+            "out_of_order": self.acc.out_of_order + self.rooms.out_of_order,
+            "out_of_order_by_offset": self.rooms.out_of_order,
+            "offset_gaps": self.rooms.gaps,
+            "epoch_changes": self.rooms.epoch_changes,
             "late": self.late,
             "foreign": self.foreign,
             "cpu_s": time.process_time(),
             "last_ns": self.last_ns,
             "errors": dict(self.error_codes),
-        }
+            "nodes": [[pub, acked, rejected, dict(codes)] for pub, acked, rejected, codes in
+                      self.per_node],
+        }  # fmt: skip
         if with_hist:
-            body["hist"] = self.lat.take()
+            body["hists"] = [lat.take() for lat in self.lats]  # per node
         return body
 
     async def _ticker(self) -> None:
@@ -263,9 +320,10 @@ class Swarm:
             PollingClient.session = session
         self.session = session
         for local, idx in enumerate(cfg.indices):
-            self.clients.append(cls(idx, local, idx % cfg.rooms, self))
+            self.clients.append(cls(idx, local, idx % cfg.rooms, self, self.node_of_local[local]))
         connect_counts = stats.Counts()
         errors: dict[str, int] = {}
+        node_errors = [0] * len(cfg.nodes)
         gate = asyncio.Semaphore(cfg.concurrency)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -277,10 +335,11 @@ class Swarm:
                     await asyncio.sleep(delay)
             async with gate:
                 try:
-                    await client.open(cfg.url, cfg.auth, cfg.connect_timeout)
+                    await client.open(cfg.nodes[client.node], cfg.auth, cfg.connect_timeout)
                 except ConnectError as exc:
                     msg = str(exc)[:160]
                     errors[msg] = errors.get(msg, 0) + 1
+                    node_errors[client.node] += 1
                     with contextlib.suppress(Exception):
                         await client.close()
                     return
@@ -294,6 +353,7 @@ class Swarm:
         return {
             "clients": [(c.idx, c.sid, c.joined) for c in self.clients if c.sid and not c.closed],
             "errors": errors,
+            "node_errors": node_errors,
             "connect_hist": stats.encode(hist),
             "connect_s": loop.time() - t0,
         }
@@ -302,6 +362,10 @@ class Swarm:
         done: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
 
         def acked(ok: bool, code: str | None, data: Any) -> None:
+            if ok:
+                first = data[0] if isinstance(data, list) and data else data
+                if isinstance(first, dict):
+                    self.rooms.joined(client.local, first.get("offset"), first.get("epoch"))
             if not done.done():
                 done.set_result((ok, code))
 
@@ -366,6 +430,7 @@ class Swarm:
             f'"x":"{self.pad}"}}}}]'
         )
         self.published += 1
+        self.per_node[client.node][0] += 1
         self.expected += self.room_sizes.get(client.room, 0)
 
     def _direct(self, client: Client, k: int) -> None:
@@ -389,6 +454,7 @@ class Swarm:
             f'"x":"{self.pad}"}}}}]'
         )
         self.published += 1
+        self.per_node[client.node][0] += 1
         self.expected += 1
 
     def collect(self) -> dict[str, Any]:
@@ -398,6 +464,7 @@ class Swarm:
         self.last_ns = 0
         self.acc = stats.Accounting()
         self.streams = self.acc.streams
+        self.rooms.reset_counts()  # the offsets seen so far still hold
         self.bseq.clear()
         self.useq.clear()
         self._reset_phase_counters()

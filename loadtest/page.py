@@ -14,8 +14,10 @@ from typing import Any
 
 from relay.loadtest import fmt
 from relay.loadtest.report import (
+    NODE_COLUMNS,
     RAMP_COLUMNS,
     highest_sustained,
+    node_rows,
     ramp_rows,
     summary_rows,
     verdict_lines,
@@ -194,8 +196,10 @@ def to_html(report: dict[str, Any]) -> str:
             "clients",
         ),
     ]
+    nodes = node_rows(report)
+    nodes_html = "<h2>Per node</h2>" + _table(nodes, NODE_COLUMNS) if nodes else ""
     summary: list[tuple[str, str]] = [
-        ("url", str(report["url"])),
+        ("url", ", ".join(report.get("urls") or [report["url"]])),
         ("mode / transport", f"{report['mode']} / {report['transport']}"),
         *summary_rows(report),
     ]
@@ -205,6 +209,7 @@ def to_html(report: dict[str, Any]) -> str:
         f"<title>relay loadtest {html.escape(report['run_id'])}</title><style>{STYLE}</style>"
         f"</head><body><h1>relay loadtest</h1>{verdict}{notes}<h2>Summary</h2>"
         + _table(summary)
+        + nodes_html
         + ramp_html
         + "<h2>Charts</h2>"
         + "".join(charts)

@@ -44,11 +44,13 @@ def build(scn: Scenario, raw: dict[str, Any]) -> dict[str, Any]:
     conn = raw.get("connect") or {}
     counts = dict.fromkeys(
         ("published", "acked", "rejected", "expected", "received", "unique", "duplicates",
-         "out_of_order", "late"), 0,
+         "out_of_order", "out_of_order_by_offset", "offset_gaps", "epoch_changes", "late"), 0,
     )  # fmt: skip
     for p in phases:
         for key in counts:
-            counts[key] += p.counts[key]
+            counts[key] += p.counts.get(key, 0)
+    # only a server giving two messages one offset fills more gaps than it opened
+    counts["offset_gaps"] = max(0, counts["offset_gaps"])
     lost = sum(p.lost for p in phases)
     window = sum(p.window_s for p in phases)
     phase_cpu = sum(p.cpu_s for p in phases)
@@ -60,6 +62,7 @@ def build(scn: Scenario, raw: dict[str, Any]) -> dict[str, Any]:
     report: dict[str, Any] = {
         "tool": "relay loadtest",
         "url": scn.url,
+        "urls": list(scn.urls or (scn.url,)),
         "run_id": raw["run_id"],
         "mode": scn.mode,
         "transport": scn.transport,
@@ -116,9 +119,69 @@ def build(scn: Scenario, raw: dict[str, Any]) -> dict[str, Any]:
                 "max_loss": scn.max_loss if scn.max_loss is not None else 0.0,
             },
         }
+    report["nodes"] = _nodes(scn, raw, report, window)
     report["server_refusals"] = server_refusals(report)
     report["slo"] = evaluate_slo(scn, report)
     return report
+
+
+def _nodes(
+    scn: Scenario, raw: dict[str, Any], report: dict[str, Any], window: float
+) -> list[dict[str, Any]]:
+    """Per node (``--url``, in order): connections, publishes, deliveries and their latency,
+    errors. With one node, the totals themselves."""
+    keys = ("clients", "connected", "connect_errors", "published", "acked", "rejected",
+            "received", "deliveries_per_s", "latency_ms")  # fmt: skip
+    urls = scn.urls or (scn.url,)
+    if len(urls) == 1:
+        return [
+            {"url": urls[0], **{k: report[k] for k in keys}, "ack_errors": report["ack_errors"]}
+        ]
+    phases: list[PhaseResult] = raw["phases"]
+    connected = (raw.get("connect") or {}).get("nodes") or [{} for _ in urls]
+    out: list[dict[str, Any]] = []
+    for i, url in enumerate(urls):
+        latency = stats.new_histogram()
+        node: dict[str, Any] = {
+            "url": url,
+            **{k: connected[i].get(k, 0) for k in ("clients", "connected", "connect_errors")},
+            "published": 0, "acked": 0, "rejected": 0, "received": 0, "ack_errors": {},
+        }  # fmt: skip
+        for p in phases:
+            if i < len(p.nodes):
+                pn = p.nodes[i]
+                for k in ("published", "acked", "rejected", "received"):
+                    node[k] += pn[k]
+                for code, n in pn["errors"].items():
+                    node["ack_errors"][code] = node["ack_errors"].get(code, 0) + n
+                latency.add(pn["latency"])
+        node["deliveries_per_s"] = round(node["received"] / window, 1) if window else 0.0
+        node["latency_ms"] = stats.summary_ms(latency, stats.LATENCY_PERCENTILES)
+        out.append(node)
+    return out
+
+
+NODE_COLUMNS = ("node", "connected", "connect errors", "published", "refused", "received",
+                "deliveries/s", "p50 ms", "p99 ms", "max ms")  # fmt: skip
+
+
+def node_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The per-node table's rows and a total row (also the HTML page's), or none with one
+    node."""
+    nodes = report.get("nodes") or []
+    if len(nodes) < 2:
+        return []
+
+    def row(name: str, n: dict[str, Any]) -> tuple[str, ...]:
+        lat = n["latency_ms"]
+        return (
+            name, _slash(fmt.count(n["connected"]), fmt.count(n["clients"])),
+            fmt.count(n["connect_errors"]), fmt.count(n["published"]), fmt.count(n["rejected"]),
+            fmt.count(n["received"]), fmt.rate(n["deliveries_per_s"]), fmt.ms(lat["p50"]),
+            fmt.ms(lat["p99"]), fmt.ms(lat["max"]),
+        )  # fmt: skip
+
+    return [*(row(n["url"], n) for n in nodes), row("total", report)]
 
 
 def _sum_errors(phases: list[PhaseResult]) -> dict[str, int]:
@@ -134,6 +197,7 @@ def _step(p: PhaseResult) -> dict[str, Any]:
         "rate": round(p.rate, 2),
         **{k: p.counts[k] for k in ("published", "expected", "received", "duplicates")},
         "out_of_order": p.counts["out_of_order"],
+        "out_of_order_by_offset": p.counts.get("out_of_order_by_offset", 0),
         "lost": p.lost,
         "deliveries_per_s": round(p.deliveries_per_s, 1),
         "latency_ms": stats.summary_ms(p.latency, stats.LATENCY_PERCENTILES),
@@ -281,7 +345,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("received", fmt.count(report["received"])),
         ("lost", fmt.count(report["lost"])),
         ("duplicates", fmt.count(report["duplicates"])),
-        ("out of order", fmt.count(report["out_of_order"])),
+        ("out of order", _out_of_order(report)),
+        ("offset gaps / epoch changes", _slash(fmt.count(report.get("offset_gaps", 0)),
+                                               fmt.count(report.get("epoch_changes", 0)))),
         ("deliveries/s", fmt.rate(report["deliveries_per_s"])),
         ("latency ms p50 / p90 / p99", _slash(fmt.ms(lat["p50"]), fmt.ms(lat["p90"]),
                                               fmt.ms(lat["p99"]))),
@@ -289,6 +355,14 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("generator CPU %", fmt.pct(report["loadgen_cpu_percent"])),
         ("generator CPU µs / delivery", fmt.us(report["loadgen_cpu_us_per_delivery"])),
     ]  # fmt: skip
+
+
+def _out_of_order(report: dict[str, Any]) -> str:
+    """``12 (9 by room offset)``: how many only the room's offsets showed (another publisher's
+    message overtook them), when any."""
+    by_offset = report.get("out_of_order_by_offset", 0)
+    total = fmt.count(report["out_of_order"])
+    return f"{total} ({fmt.count(by_offset)} by room offset)" if by_offset else total
 
 
 RAMP_COLUMNS = ("rate msgs/s", "deliveries/s", "p99 ms", "lost", "gen CPU %", "gen µs/delivery",
@@ -326,6 +400,14 @@ def render(report: dict[str, Any], console: Console) -> None:
     for name, value in summary_rows(report):
         t.add_row(name, value)
     console.print(t)
+    rows = node_rows(report)
+    if rows:
+        nt = Table(title="per node")
+        for col in NODE_COLUMNS:
+            nt.add_column(col, justify="left" if col == "node" else "right")
+        for row in rows:
+            nt.add_row(*row)
+        console.print(nt)
     ramp = report.get("ramp")
     if ramp:
         rt = Table(title="ramp")

@@ -25,6 +25,8 @@ class Scenario:
     """Everything a run needs. Field names are the TOML keys (``max_p99_ms`` = ``--max-p99-ms``)."""
 
     url: str = "http://127.0.0.1:8000"
+    #: every node of a cluster (``--url`` repeated; ``url = [...]`` in TOML); () is ``(url,)``
+    urls: tuple[str, ...] = ()
     clients: int = 100
     rooms: int = 10
     mode: str = "broadcast"
@@ -58,6 +60,10 @@ class Scenario:
     def publisher_count(self) -> int:
         return self.clients if self.publishers is None else self.publishers
 
+    def node_of(self, idx: int) -> int:
+        """Which of :attr:`urls` client ``idx`` connects to: see :func:`node_of`."""
+        return node_of(idx, self.rooms, len(self.urls) or 1)
+
     def replace(self, **changes: Any) -> Scenario:
         return dataclasses.replace(self, **changes)
 
@@ -70,9 +76,13 @@ class Scenario:
                 raise ScenarioError(what)
 
         try:
-            url = normalize_url(self.url, "url")
+            urls = tuple(normalize_url(u, "url") for u in (self.urls or (self.url,)))
         except RelayError as exc:
             raise ScenarioError(exc.message) from None
+        need(
+            len(set(urls)) == len(urls),
+            f"url: a node is given twice ({', '.join(u for u in urls if urls.count(u) > 1)})",
+        )
 
         need(self.mode in MODES, f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         need(
@@ -98,7 +108,9 @@ class Scenario:
             f"max_loss is a ratio between 0 and 1, got {self.max_loss}",
         )
         need(self.mode == "broadcast" or self.clients >= 2, "unicast needs at least 2 clients")
-        return self if url == self.url else self.replace(url=url)
+        if (urls[0], urls) == (self.url, self.urls):
+            return self
+        return self.replace(url=urls[0], urls=urls)
 
     @classmethod
     def load(
@@ -124,8 +136,30 @@ class Scenario:
                 if name not in known:
                     raise ScenarioError(f"scenario {path}: unknown option {key!r}")
                 values[name] = value
+            _url_as_urls(values)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        _url_as_urls(values)
         try:
             return cls(**values).validate()
         except TypeError as exc:
             raise ScenarioError(str(exc)) from None
+
+
+def _url_as_urls(values: dict[str, Any]) -> None:
+    """``url`` (one, or a list: TOML's ``url = ["a", "b"]``) as ``urls``, which it replaces:
+    the later source's nodes replace the earlier's, all of them."""
+    if "url" in values:
+        url = values.pop("url")
+        values["urls"] = tuple(url) if isinstance(url, (list, tuple)) else (url,)
+    elif isinstance(values.get("urls"), list):
+        values["urls"] = tuple(values["urls"])
+
+
+def node_of(idx: int, rooms: int, nodes: int) -> int:
+    """The node client ``idx`` (in room ``idx % rooms``) connects to: round-robin over the
+    nodes both along the clients (clients and publishers ``0, 1, 2, ...`` land on nodes
+    ``0, 1, 2, ...`` while there are rooms left) and within each room (its members ``r``,
+    ``r + rooms``, ``r + 2 rooms``, ... on consecutive nodes), so every room of two members or
+    more spans nodes and its messages must cross between them. Plain ``idx % nodes`` would
+    put all of room ``r`` on node ``r % nodes`` whenever ``nodes`` divides ``rooms``."""
+    return (idx % rooms + idx // rooms) % nodes

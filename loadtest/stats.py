@@ -11,7 +11,11 @@ gap, the set of seqs that arrived above the watermark. Then, for each delivery:
 - the fast path (seq == watermark, no gap) is one dict lookup and two list stores.
 
 ``unique = received - duplicates``; a publisher's counts say how many each receiver should get,
-so ``lost = expected - unique`` per receiver, summed. Latencies are kept in microseconds,
+so ``lost = expected - unique`` per receiver, summed.
+
+Streams cannot see two publishers' messages swapped in one room (each stream is in order), so
+room deliveries are also checked by the envelope's ``offset`` (strictly increasing per room):
+see :class:`RoomOffsets`. Latencies are kept in microseconds,
 quantized to 11 significant bits, which is exactly the resolution of an HDR histogram with 3
 significant digits, so folding the counts into :class:`HdrHistogram` later loses nothing.
 """
@@ -154,6 +158,10 @@ LATENCY_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 CONNECT_PERCENTILES = {"p50": 50.0, "p99": 99.0}
 
 
+#: what :meth:`Accounting.place` found a delivery to be
+IN_ORDER, OUT_OF_ORDER, DUPLICATE = 0, 1, 2
+
+
 class Accounting:
     """Per-(receiver, stream) watermarks: exact duplicates and out-of-order deliveries."""
 
@@ -170,17 +178,18 @@ class Accounting:
     def unique(self) -> int:
         return self.received - self.duplicates
 
-    def record(self, key: int, seq: int) -> None:
-        """Count one delivery of ``seq`` on stream ``key``."""
+    def record(self, key: int, seq: int) -> int:
+        """Count one delivery of ``seq`` on stream ``key``: :data:`IN_ORDER`,
+        :data:`OUT_OF_ORDER` or :data:`DUPLICATE`."""
         self.received += 1
         st = self.streams.get(key)
         if st is not None and seq == st[0] and st[2] is None:
             st[0] = seq + 1
             st[1] = seq
-            return
-        self.place(key, seq)
+            return IN_ORDER
+        return self.place(key, seq)
 
-    def place(self, key: int, seq: int) -> None:
+    def place(self, key: int, seq: int) -> int:
         """The general case of :meth:`record`, minus the ``received`` count (the swarm inlines
         the fast path and calls this for the rest)."""
         st = self.streams.get(key)
@@ -189,13 +198,15 @@ class Accounting:
         if seq == st[0] and st[2] is None:
             st[0] = seq + 1
             st[1] = seq
-            return
+            return IN_ORDER
         wm, highest, ahead = st
         if seq < wm or (ahead is not None and seq in ahead):
             self.duplicates += 1
-            return
+            return DUPLICATE
+        status = IN_ORDER
         if seq < highest:
             self.out_of_order += 1
+            status = OUT_OF_ORDER
         else:
             st[1] = seq
         if seq == wm:
@@ -211,6 +222,7 @@ class Accounting:
             if ahead is None:
                 st[2] = ahead = set()
             ahead.add(seq)
+        return status
 
     def unique_in(self, key: int) -> int:
         """Distinct seqs seen on stream ``key``."""
@@ -218,6 +230,88 @@ class Accounting:
         if st is None:
             return 0
         return int(st[0]) + (len(st[2]) if st[2] else 0)
+
+
+class RoomOffsets:
+    """Per receiver, the offsets of its room's messages: order across publishers, gaps, epochs.
+
+    A swarm client is in one room, so the state is a list indexed by receiver: ``last[r]``, the
+    highest offset ``r`` got in the room's current epoch (at first the join ack's ``offset``;
+    -1 before the ack). The fast path — the next offset, ``last + 1`` — is one compare and one
+    store (in C where built); everything else takes :meth:`check`, which the caller runs only
+    for a delivery the exact stream accounting found new (a duplicate is already counted
+    there, and says nothing about the room's order). Then a delivery:
+
+    - above ``last + 1`` skipped offsets: a **gap**, not disorder (the receiver joined after
+      them, or they were lost, or published by someone else; loss of this run's messages is
+      counted exactly per stream). ``gaps`` is how many skipped offsets are still missing: a
+      late one fills one back;
+    - at or below ``last``: **out of order** (a later message of the room overtook it), counted
+      in ``out_of_order`` only when the stream check did not already count it, so the two
+      checks together count each such delivery once;
+    - ``1`` when offset 1 of this epoch is already behind the receiver (it got it, or it
+      joined after it): the room's offsets **started again** — an epoch change (a restarted
+      server or backend), not disorder; ``last`` starts over.
+
+    A join ack without ``offset`` counts as offset 0: the swarm's rooms are new (named after
+    the run) and joined before anyone publishes. A delivery before any join ack sets the
+    baseline itself. A join ack's ``epoch`` (:meth:`joined`) names the epoch; an ack whose
+    epoch differs from the receiver's previous one for the room (a rejoin) is an epoch change
+    too, and its ``offset`` the new baseline. An ack without ``epoch`` (an older server)
+    tracks none. (A swarm client joins once and never reconnects, so in a run an epoch change
+    shows as offsets dropping to 1; :meth:`joined` is ready for a rejoin.)
+    """
+
+    __slots__ = ("epoch", "epoch_changes", "gaps", "hole1", "last", "out_of_order")
+
+    def __init__(self, receivers: int) -> None:
+        self.last: list[int] = [-1] * receivers
+        #: offset 1 of this epoch is still missing (the receiver joined before it, got later)
+        self.hole1 = [False] * receivers
+        self.epoch: list[str | None] = [None] * receivers
+        self.out_of_order = 0
+        self.gaps = 0
+        self.epoch_changes = 0
+
+    def reset_counts(self) -> None:
+        """Start counting a new phase; the offsets seen so far still hold."""
+        self.out_of_order = self.gaps = self.epoch_changes = 0
+
+    def joined(self, r: int, offset: Any, epoch: Any) -> None:
+        """A join ack for receiver ``r``: the room's latest offset and its epoch (either may be
+        missing or malformed: then it is not used)."""
+        if isinstance(epoch, str) and epoch:
+            if self.epoch[r] is not None and epoch != self.epoch[r]:
+                self.epoch_changes += 1
+                self.last[r] = -1
+                self.hole1[r] = False
+            self.epoch[r] = epoch
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            offset = 0  # not said: the room was new (see the class's doc)
+        if offset > self.last[r]:
+            self.last[r] = offset
+            self.hole1[r] = False
+
+    def check(self, r: int, offset: int, stream_out_of_order: bool) -> None:
+        """One new (not duplicate) delivery of ``offset`` to receiver ``r``."""
+        last = self.last[r]
+        if offset == last + 1 or last < 0:  # (< 0: before any join ack, the first is the base)
+            self.last[r] = offset
+        elif offset > last:
+            self.gaps += offset - last - 1
+            if last == 0:
+                self.hole1[r] = True
+            self.last[r] = offset
+        elif offset == 1 and not self.hole1[r]:
+            self.epoch_changes += 1
+            self.last[r] = 1
+        else:
+            if offset < last:
+                self.gaps -= 1
+                if offset == 1:
+                    self.hole1[r] = False
+            if not stream_out_of_order:
+                self.out_of_order += 1
 
 
 def stream_id(publisher: int, unicast: bool) -> int:

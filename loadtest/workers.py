@@ -6,7 +6,8 @@ Message flow over each worker's pipe (``(kind, body)`` tuples)::
     parent -> worker  setup {sids, room_sizes}
     parent -> worker  phase {k}                      worker -> parent  armed {k, cpu_s}
     parent -> worker  go {k, rate, duration}         worker -> parent  published k
-    worker -> parent  progress {...counters, hist?}  (every 0.25 s; latency counts once a second)
+    worker -> parent  progress {...counters, nodes, hists?}
+                      (every 0.25 s; latency counts, one list per node, once a second)
     parent -> worker  collect                        worker -> parent  result {...}
     parent -> worker  stop | exit                    worker -> parent  bye {cpu_s}
 
@@ -34,7 +35,8 @@ from relay.loadtest.scenario import Scenario
 
 COUNTERS = (
     "published", "acked", "rejected", "expected", "received", "unique",
-    "duplicates", "out_of_order", "late",
+    "duplicates", "out_of_order", "late", "out_of_order_by_offset", "offset_gaps",
+    "epoch_changes",
 )  # fmt: skip
 
 
@@ -58,6 +60,8 @@ class PhaseResult:
     errors: dict[str, int]
     #: why publishing stopped before the phase's end ('' when it ran its course)
     stopped: str = ""
+    #: per node (``scn.urls``' order): published, acked, rejected, received, errors, latency
+    nodes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -104,6 +108,7 @@ class Orchestrator:
         self.armed: set[int] = set()
         self.phase_hist = stats.new_histogram()
         self.phase_counts = stats.Counts()  # folded into phase_hist when the phase ends
+        self.node_counts = [stats.Counts() for _ in scn.urls or (scn.url,)]
         self.total_hist = stats.new_histogram()
         self.interval = stats.Counts()  # this second's latencies, for the live view
         self.interrupted = False
@@ -141,6 +146,7 @@ class Orchestrator:
                 concurrency=max(1, scn.concurrency // n),
                 auth=auth,
                 seed=scn.seed * 1000 + w,
+                urls=scn.urls,
             )
             parent, child = ctx.Pipe(duplex=True)
             proc = ctx.Process(target=worker_main, args=(cfg, child), name=f"loadtest-{w}")
@@ -178,10 +184,8 @@ class Orchestrator:
         if kind == "progress":
             if body["phase"] == self.phase or body["phase"] == -1:
                 self.latest[w] = body
-            if "hist" in body:
-                self.interval.add_pairs(body["hist"])
-                if body["phase"] == self.phase and self.phase >= 0:
-                    self.phase_counts.add_pairs(body["hist"])
+            if "hists" in body:
+                self._add_latencies(body, live=True)
         elif kind == "connected":
             self.connected[w] = body
         elif kind == "armed":
@@ -193,18 +197,29 @@ class Orchestrator:
                 self.published_done.add(w)
         elif kind == "result":
             self.results[w] = body
-            if "hist" in body and body["phase"] == self.phase:
-                self.phase_counts.add_pairs(body["hist"])
+            if "hists" in body:
+                self._add_latencies(body, live=False)
             self.latest[w] = body
         elif kind == "bye":
             self.byes[w] = body
+
+    def _add_latencies(self, body: dict[str, Any], live: bool) -> None:
+        """A worker's latency counts (one list of pairs per node) into this second's (for the
+        live view), and into the phase's and its nodes' while that phase runs."""
+        counting = body["phase"] == self.phase and self.phase >= 0
+        for node, pairs in enumerate(body["hists"]):
+            if live:
+                self.interval.add_pairs(pairs)
+            if counting:
+                self.phase_counts.add_pairs(pairs)
+                self.node_counts[node].add_pairs(pairs)
 
     def totals(self) -> dict[str, int]:
         out = dict.fromkeys(COUNTERS, 0)
         for body in self.latest.values():
             if body.get("phase") == self.phase:
                 for key in COUNTERS:
-                    out[key] += body[key]
+                    out[key] += body.get(key, 0)
         return out
 
     def cpu_seconds(self) -> float:
@@ -295,6 +310,21 @@ class Orchestrator:
                 "--clients, more --rooms, or a lower --connect-rate"
             )
         clients = [c for body in self.connected.values() for c in body["clients"]]
+        scn = self.scn
+        urls = scn.urls or (scn.url,)
+        nodes: list[dict[str, Any]] = [
+            {"url": url, "clients": 0, "connected": 0, "joined": 0, "connect_errors": 0}
+            for url in urls
+        ]
+        for idx in range(scn.clients):
+            nodes[scn.node_of(idx)]["clients"] += 1
+        for idx, _, joined in clients:
+            node = nodes[scn.node_of(idx)]
+            node["connected"] += 1
+            node["joined"] += int(joined)
+        for body in self.connected.values():
+            for i, failed in enumerate(body.get("node_errors", ())):
+                nodes[i]["connect_errors"] += failed
         errors: dict[str, int] = {}
         for body in self.connected.values():
             for msg, count in body["errors"].items():
@@ -319,11 +349,14 @@ class Orchestrator:
             "connect_errors": self.scn.clients - len(clients),
             "error_samples": errors,
             "connect_hist": connect_hist,
+            "nodes": nodes,
         }
 
     def run_phase(self, k: int, rate: float, duration: float) -> PhaseResult:
         self.phase = k
         self.phase_counts = stats.Counts()
+        for node_counts in self.node_counts:
+            node_counts.buckets.clear()
         self.published_done = set()
         self.results = {}
         self.latest = {}
@@ -374,12 +407,13 @@ class Orchestrator:
         cpu = time.process_time() - cpu_parent0
         for w, body in self.results.items():
             for key in COUNTERS:
-                counts[key] += body[key]
+                counts[key] += body.get(key, 0)
             for code, c in body.get("errors", {}).items():
                 errors[code] = errors.get(code, 0) + c
             wcpu = body["cpu_s"] - self._worker_cpu_at_start.get(w, 0.0)
             cpu += wcpu
             worker_cpu_max = max(worker_cpu_max, wcpu / wall if wall > 0 else 0.0)
+        nodes = self._node_results()
         last = max((b.get("last_ns", 0) for b in self.results.values()), default=0)
         window = (last / 1e9 - wall0) if last else (publish_end - mono0)
         self.total_hist.add(self.phase_hist)
@@ -397,7 +431,29 @@ class Orchestrator:
             worker_cpu_max=worker_cpu_max,
             errors=errors,
             stopped=stopped,
+            nodes=nodes,
         )
+
+    def _node_results(self) -> list[dict[str, Any]]:
+        """The phase per node: the workers' counters summed, and the node's latencies."""
+        out: list[dict[str, Any]] = []
+        for i, counts in enumerate(self.node_counts):
+            latency = stats.histogram_of(counts.take())
+            node: dict[str, Any] = {
+                "published": 0, "acked": 0, "rejected": 0, "errors": {},
+                "received": latency.get_total_count(), "latency": latency,
+            }  # fmt: skip
+            for body in self.results.values():
+                per_node = body.get("nodes") or []
+                if i < len(per_node):
+                    published, acked, rejected, codes = per_node[i]
+                    node["published"] += published
+                    node["acked"] += acked
+                    node["rejected"] += rejected
+                    for code, n in codes.items():
+                        node["errors"][code] = node["errors"].get(code, 0) + n
+            out.append(node)
+        return out
 
     def finish(self) -> float:
         """Tell workers to close their clients and exit; return their total CPU seconds."""

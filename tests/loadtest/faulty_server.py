@@ -7,9 +7,15 @@ the load generator's ``lost``, ``duplicates`` and ``out_of_order`` with the trut
 - every ``drop_every``-th delivery to a receiver is dropped;
 - every ``hold_every``-th is held back and sent right after the receiver's next delivery
   (one out-of-order delivery; a message still held at the end is lost);
-- every ``dup_every``-th sent one is sent twice (one duplicate).
+- every ``swap_every``-th delivery of the whole server, likewise (so a receiver's few
+  deliveries are swapped too: with one message per publisher, only the room's offsets show it);
+- every ``dup_every``-th sent one is sent twice (one duplicate);
+- after ``restart_after`` publishes into a room, its offsets start again from 1 under a new
+  epoch (a server that lost its rooms' state), once per room.
 
-Reordering is only meaningful within one stream, so tests give each receiver one publisher.
+A fault set to 0 never happens. Room envelopes carry the room's ``offset``; the join ack
+carries ``offset`` and ``epoch`` only with ``ack_offsets`` (a server of before offsets has
+neither, and a tolerant client copes).
 """
 
 from __future__ import annotations
@@ -31,12 +37,21 @@ class Faults:
     drop_every: int = 7
     dup_every: int = 5
     hold_every: int = 11
+    swap_every: int = 0
+    restart_after: int = 0
+    ack_offsets: bool = False
     delivered: dict[str, int] = field(default_factory=dict)
     held: dict[str, Any] = field(default_factory=dict)
     dropped: int = 0
     duplicated: int = 0
     reordered: int = 0
     publishes: int = 0
+    deliveries: int = 0
+    #: per room: [latest offset, epoch, publishes]
+    rooms: dict[str, list[Any]] = field(default_factory=dict)
+    restarts: int = 0
+    #: receivers that got a restarted room's new offset 1
+    saw_restart: int = 0
 
     @property
     def lost(self) -> int:
@@ -53,15 +68,23 @@ def build(faults: Faults) -> Any:
     async def emit(sid: str, env: Any) -> None:
         await sio.emit("message", env, to=sid)
 
+    def every(n: int, k: int) -> bool:
+        return k > 0 and n % k == 0
+
     async def deliver(sid: str, env: Any) -> None:
         n = faults.delivered[sid] = faults.delivered.get(sid, 0) + 1
-        if n % faults.drop_every == 0:
+        faults.deliveries += 1
+        if every(n, faults.drop_every):
             faults.dropped += 1
             return
-        if n % faults.hold_every == 0 and sid not in faults.held:
+        if (
+            every(n, faults.hold_every) or every(faults.deliveries, faults.swap_every)
+        ) and sid not in faults.held:
             faults.held[sid] = env
             return
-        dup = n % faults.dup_every == 0
+        if env.get("offset") == 1 and faults.rooms[env["room"]][1] != "e0":
+            faults.saw_restart += 1
+        dup = every(n, faults.dup_every)
         held = faults.held.pop(sid, None)
         if dup:
             faults.duplicated += 1
@@ -73,16 +96,29 @@ def build(faults: Faults) -> Any:
         if held is not None:
             await emit(sid, held)
 
+    def room(name: str) -> list[Any]:
+        return faults.rooms.setdefault(name, [0, "e0", 0])
+
     @sio.on("join")  # type: ignore[misc]
     async def join(sid: str, msg: dict[str, Any]) -> dict[str, Any]:
         members.setdefault(msg["room"], set()).add(sid)
+        state = room(msg["room"])
+        if faults.ack_offsets:
+            return {"ok": True, "room": msg["room"], "offset": state[0], "epoch": state[1]}
         return {"id": sid}  # no "ok": a tolerant client treats it as success
 
     @sio.on("publish")  # type: ignore[misc]
     async def publish(sid: str, msg: dict[str, Any]) -> dict[str, Any]:
         async with lock:
             faults.publishes += 1
-            env = {"room": msg["room"], "data": msg["data"]}
+            state = room(msg["room"])
+            if state[2] == faults.restart_after and state[2] > 0:
+                state[0], state[1] = 0, f"e{faults.restarts + 1}"
+                faults.restarts += 1
+            state[0] += 1
+            state[2] += 1
+            env = {"room": msg["room"], "event": "message", "data": msg["data"],
+                   "offset": state[0]}  # fmt: skip
             for member in sorted(members.get(msg["room"], ())):
                 await deliver(member, env)
         return {"ok": True}
@@ -91,7 +127,7 @@ def build(faults: Faults) -> Any:
     async def direct(sid: str, msg: dict[str, Any]) -> dict[str, Any]:
         async with lock:
             faults.publishes += 1
-            await deliver(msg["to"], {"from": sid, "data": msg["data"]})
+            await deliver(msg["to"], {"from": sid, "data": msg["data"], "offset": None})
         return {"ok": True}
 
     @sio.on("disconnect")  # type: ignore[misc]

@@ -20,19 +20,29 @@ RUN = "t3st"
 def swarm() -> engine.Swarm:
     cfg = engine.WorkerConfig(
         url="", transport="websocket", run_id=RUN, mode="broadcast", rooms=1, publishers=0,
-        payload=0, indices=(), connect_rate=None, connect_timeout=1, concurrency=1,
+        payload=0, indices=tuple(range(4)), connect_rate=None, connect_timeout=1, concurrency=1,
     )  # fmt: skip
     s = engine.Swarm(cfg, None)  # type: ignore[arg-type]
     s.set_phase(2)
     return s
 
 
-def frame(tag: str, header: bool = True) -> bytes:
-    body = (
-        b'42["message",{"id":"m1","room":"r","event":"message","from":{"sid":"s","user":null},'
-        b'"data":{"lt":"' + tag.encode() + b'","x":"xx"},"offset":1,"ts":1}]'
-    )
-    return (b"\x81\x7e" + len(body).to_bytes(2, "big") + body) if header else body
+def frame(
+    tag: str, header: bool = True, offset: str = "1", where: str = "end", pad: int = 2
+) -> bytes:
+    """A delivery; ``offset`` is the JSON text of its offset ('' for none), after ``data`` as
+    relay sends it (``where="end"``) or before it."""
+    field = b'"offset":' + offset.encode() + b"," if offset else b""
+    data = b'"data":{"lt":"' + tag.encode() + b'","x":"' + b"x" * pad + b'"},'
+    head = b'42["message",{"id":"m1","room":"r","event":"message","from":{"sid":"s","user":null},'
+    middle = data + field if where == "end" else field + data
+    body = head + middle + b'"ts":1}]'
+    n = len(body)
+    if not header:
+        return body
+    return (
+        b"\x81\x7e" + n.to_bytes(2, "big") if n < 65536 else b"\x81\x7f" + n.to_bytes(8, "big")
+    ) + body
 
 
 def state(s: engine.Swarm) -> dict[str, Any]:
@@ -45,6 +55,13 @@ def state(s: engine.Swarm) -> dict[str, Any]:
         "streams": {
             k: [v[0], v[1], sorted(v[2]) if v[2] else None] for k, v in acc.streams.items()
         },
+        "rooms": [
+            s.rooms.last,
+            s.rooms.hole1,
+            s.rooms.out_of_order,
+            s.rooms.gaps,
+            s.rooms.epoch_changes,
+        ],
         "late": s.late,
         "foreign": s.foreign,
         "buckets": dict(s.lat_buckets),
@@ -60,6 +77,7 @@ def test_c_and_python_agree_on_a_faulty_stream() -> None:
     future = time.time_ns() + 3600 * 10**9  # latency clamps to 0 on both paths
     frames: list[tuple[int, bytes]] = []
     for local in range(4):
+        offset = 0
         for stream in (0, 1, 6):
             seqs = list(range(60))
             seqs += rng.sample(seqs, 8)  # duplicates
@@ -67,7 +85,31 @@ def test_c_and_python_agree_on_a_faulty_stream() -> None:
                 seqs[i], seqs[i + 1] = seqs[i + 1], seqs[i]
             for seq in seqs:
                 sent = future if seq % 3 else 1  # 1: a huge latency, same bucket on both
-                frames.append((local, frame(f"{RUN}:2:{stream}:{seq}:{sent}", seq % 2 == 0)))
+                offset += 1
+                # the room's offsets: mostly the next, sometimes a gap, a swap, a restart,
+                # none (direct), null, spaced, before data, after a big payload
+                shown, where, pad = str(offset), "end", 2
+                roll = rng.random()
+                if roll < 0.08:
+                    shown = str(offset + 3)
+                elif roll < 0.16:
+                    shown = str(max(1, offset - 2))
+                elif roll < 0.18:
+                    offset, shown = 1, "1"
+                elif roll < 0.22:
+                    shown = ""
+                elif roll < 0.25:
+                    shown = "null"
+                elif roll < 0.28:
+                    shown = " " + shown
+                elif roll < 0.32:
+                    where = "start"
+                elif roll < 0.36:
+                    pad = 3000
+                elif roll < 0.38:
+                    where, pad = "start", 70000
+                tag = f"{RUN}:2:{stream}:{seq}:{sent}"
+                frames.append((local, frame(tag, seq % 2 == 0, shown, where, pad)))
     frames += [
         (0, frame(f"{RUN}:1:0:5:{future}")),  # an earlier phase: late
         (0, frame("other:2:0:5:1")),  # another run: foreign
@@ -85,6 +127,7 @@ def test_c_and_python_agree_on_a_faulty_stream() -> None:
     assert state(c) == state(py)
     got = state(c)
     assert got["duplicates"] > 0 and got["out_of_order"] > 0
+    assert got["rooms"][2] > 0 and got["rooms"][3] > 0 and got["rooms"][4] > 0
     assert got["late"] == 1 and got["foreign"] == 6
     assert c.last_ns > 0
 
@@ -120,4 +163,22 @@ def test_c_rejects_wrong_types_instead_of_crashing() -> None:
     with pytest.raises(TypeError):
         fastcount.count("text", b"t", 0, {}, {})
     with pytest.raises(TypeError):
-        fastcount.count(b"x", b"t", 0, {})
+        fastcount.count(b"x", b"t", 0, {}, {})
+    with pytest.raises(IndexError):
+        fastcount.count(b"x", b"t", 1, {}, {}, [-1])
+
+
+def test_c_finds_the_offset_wherever_the_envelope_puts_it() -> None:
+    """After data (relay), before it, spaced, after a big payload; none, null or junk is -1."""
+    s = swarm()
+    far = time.time_ns() + 10**12
+    cases = [("7", "end", 2, 7), ("8", "start", 2, 8), (" 9", "end", 2, 9),
+             ("10", "end", 5000, 10), ("11", "start", 70000, 11), ("", "end", 2, -1),
+             ("null", "end", 2, -1), ('"12"', "end", 2, -1)]  # fmt: skip
+    for seq, (shown, where, pad, want) in enumerate(cases):
+        s.acc.streams.clear()  # stream 5 from seq 0: the tuple path, which carries the offset
+        got = fastcount.count(
+            frame(f"{RUN}:2:5:{seq + 1}:{far}", True, shown, where, pad), s.hot, 0, s.acc.streams,
+            {}, [-1],
+        )  # fmt: skip
+        assert got[3] == want, (shown, where, pad)

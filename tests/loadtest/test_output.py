@@ -229,3 +229,45 @@ def test_html_has_the_ramp_table_and_the_highest_sustained_rate() -> None:
     assert page.count("<svg") == 5
     for title in ("seconds since the start", "milliseconds", "deliveries"):
         assert title in page
+
+
+def test_two_nodes_get_a_per_node_table_in_the_terminal_and_the_page() -> None:
+    scn = Scenario(url="a:1", urls=("a:1", "b:2"), rate=100, clients=100).validate()
+    p = phase(0, 100)
+    hist_a, hist_b = stats.new_histogram(), stats.new_histogram()
+    hist_a.record_value(2_000, 600)
+    hist_b.record_value(9_000, 400)
+    p.nodes = [
+        {"published": 600, "acked": 600, "rejected": 0, "errors": {}, "received": 600,
+         "latency": hist_a},
+        {"published": 400, "acked": 400, "rejected": 0, "errors": {}, "received": 400,
+         "latency": hist_b},
+    ]  # fmt: skip
+    p.counts["received"] = p.counts["unique"] = p.counts["expected"] = 1000
+    raw = raw_run([p])
+    raw["connect"]["nodes"] = [
+        {"url": "http://a:1", "clients": 50, "connected": 50, "joined": 50, "connect_errors": 0},
+        {"url": "http://b:2", "clients": 50, "connected": 48, "joined": 48, "connect_errors": 2},
+    ]  # fmt: skip
+    report = build(scn, raw)
+    assert [n["received"] for n in report["nodes"]] == [600, 400]
+    assert report["nodes"][1]["latency_ms"]["p50"] == pytest.approx(9.0, rel=0.01)
+    out = text_of(report)
+    assert "per node" in out
+    assert re.search(r"http://b:2\s*│\s*48 / 50\s*│\s*2\s*│\s*400\s*│\s*0\s*│\s*400 ", out), out
+    assert re.search(r"total\s*│\s*100 / 100", out)
+    page = to_html(report)
+    assert "<h2>Per node</h2>" in page and "<td>http://b:2</td>" in page
+    one = build(Scenario(rate=100).validate(), raw_run([phase(0, 100)]))
+    assert "per node" not in text_of(one) and "Per node" not in to_html(one)
+    assert len(one["nodes"]) == 1
+
+
+def test_disorder_only_the_room_offsets_saw_is_named_in_the_table() -> None:
+    p = phase(0, 100)
+    p.counts.update(out_of_order=12, out_of_order_by_offset=9, offset_gaps=3, epoch_changes=1)
+    report = build(Scenario(rate=100).validate(), raw_run([p]))
+    out = text_of(report)
+    assert re.search(r"out of order\s*│\s*12 \(9 by room offset\)", out)
+    assert re.search(r"offset gaps / epoch changes\s*│\s*3 / 1", out)
+    assert (report["out_of_order_by_offset"], report["offset_gaps"]) == (9, 3)

@@ -151,3 +151,67 @@ def test_phase_result_lost_and_rate() -> None:
     counts.update(expected=100, unique=97, received=99)
     p = PhaseResult(0, 10, 1, counts, stats.new_histogram(), 2.0, 0.5, 0.1, 0.1, {})
     assert p.lost == 3 and p.deliveries_per_s == 198
+
+
+def offsets(
+    seen: list[int], joined_at: int | None = 0, stream_ooo: set[int] = frozenset()
+) -> stats.RoomOffsets:
+    """One receiver's room offsets, as the swarm checks them (``joined_at``: the ack's)."""
+    room = stats.RoomOffsets(1)
+    room.joined(0, joined_at, None)
+    assert room.last[0] == (joined_at or 0)
+    for i, offset in enumerate(seen):
+        if offset == room.last[0] + 1:  # the fast path, as in engine / _fastcount.c
+            room.last[0] = offset
+        else:
+            room.check(0, offset, i in stream_ooo)
+    return room
+
+
+@pytest.mark.parametrize(
+    ("seen", "joined_at", "ooo", "gaps", "epochs"),
+    [
+        ([1, 2, 3], 0, 0, 0, 0),
+        ([2, 1, 3], 0, 1, 0, 0),  # two publishers' messages swapped: 1 after 2
+        ([1, 3, 2, 5, 4, 6], 0, 2, 0, 0),
+        ([1, 3, 4], 0, 0, 1, 0),  # 2 never came: a gap, not disorder
+        ([6, 7], 5, 0, 0, 0),  # joined late: offsets start after the ack's
+        ([8, 9], 5, 0, 2, 0),  # 6 and 7 missing since the join
+        ([4, 5], None, 0, 3, 0),  # no offset in the ack: the room was new (0)
+        ([4, 5, 1], None, 1, 2, 0),  # ... so 1 is late, not a restart
+        ([1, 2, 3, 1, 2], 0, 0, 0, 1),  # offsets started again: an epoch change
+        ([6, 1, 2], 5, 0, 0, 1),  # 1 was before the join: a restart
+        ([1, 2, 2], 0, 1, 0, 0),  # a new message with a repeated offset: out of order
+        ([1, 3, 4, 2, 5], 0, 1, 0, 0),
+    ],
+)
+def test_room_offsets_order_gaps_and_epochs(
+    seen: list[int], joined_at: int | None, ooo: int, gaps: int, epochs: int
+) -> None:
+    room = offsets(seen, joined_at)
+    assert (room.out_of_order, room.gaps, room.epoch_changes) == (ooo, gaps, epochs)
+
+
+def test_room_offsets_count_a_delivery_once_with_the_streams() -> None:
+    """One publisher's message overtaken by its own next one: the stream check counted it."""
+    assert offsets([2, 1], stream_ooo={1}).out_of_order == 0
+    assert offsets([2, 1]).out_of_order == 1
+
+
+def test_a_rejoin_under_a_new_epoch_starts_the_offsets_again() -> None:
+    room = stats.RoomOffsets(2)
+    room.joined(0, 0, "a")
+    room.joined(1, 3, None)  # no epoch in the ack: none is tracked (an older server)
+    assert room.epoch == ["a", None]
+    for offset in (1, 2, 3):
+        room.check(0, offset, False)
+    room.joined(0, 0, "b")  # a rejoin: the room's offsets started again
+    room.joined(1, 7, None)
+    room.check(0, 1, False)
+    room.check(1, 8, False)
+    assert (room.epoch_changes, room.out_of_order, room.gaps) == (1, 0, 0)
+    assert room.last == [1, 8]
+    room.joined(0, 1, "b")  # the same epoch again: nothing changes
+    assert room.epoch_changes == 1
+    room.reset_counts()
+    assert (room.epoch_changes, room.last) == (0, [1, 8])
