@@ -186,6 +186,7 @@ async def _run(
     timeout: float,
     report: Callable[[Ack], None],
     window: int,
+    api_key: str | None = None,
 ) -> Outcome:
     from relay.cli.client import Connection
 
@@ -205,6 +206,15 @@ async def _run(
                     yield number, target.payload(event, parse_data(line, raw))
         finally:
             await lines.aclose()
+
+    if api_key is not None:
+        from relay.cli.httpsend import send_over_http
+
+        source = messages()
+        try:
+            return await send_over_http(normalize_url(url), api_key, source, report, timeout)
+        finally:
+            await source.aclose()
 
     async with Connection(normalize_url(url), timeout=timeout, auth=auth) as conn:
         # Streamed lines keep below the relay's publish rate (a single message needs no pace);
@@ -272,9 +282,22 @@ def send(
         int,
         typer.Option(min=1, metavar="N", help="Acks outstanding at once while streaming stdin."),
     ] = 64,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="RELAY_API_KEY",
+            metavar="KEY",
+            help="Send through the HTTP API with this key, as a backend does (from.sid null), "
+            "instead of over a Socket.IO connection.",
+        ),
+    ] = None,
     url: Url = DEFAULT_URL,
 ) -> None:
-    """Publish DATA to a room (--room), or send it to one connection (--to) or user (--user)."""
+    """Publish DATA to a room (--room), or send it to one connection (--to) or user (--user).
+
+    With an API key (--api-key or RELAY_API_KEY) it goes through the HTTP API; otherwise over
+    a Socket.IO connection."""
     from relay.cli.render import HumanOutput, JsonOutput, Output, QuietOutput
 
     try:
@@ -290,12 +313,24 @@ def send(
         out = HumanOutput(stdout_console())
     name = connect_as(as_user, legacy_as)
     auth = {k: v for k, v in (("user", name), ("token", token)) if v} or None
+    if api_key is not None:
+        if name is not None:
+            raise typer.BadParameter(
+                "--as-user names a Socket.IO connection's user; with an API key the message is "
+                "sent by the HTTP API, from no connection (from.user null)"
+            )
+        if not api_key.strip():
+            raise typer.BadParameter("--api-key (or RELAY_API_KEY) is empty")
+        if token:
+            warn("--token (RELAY_TOKEN) is not used: with an API key relay send uses the HTTP API")
 
     def report(ack: Ack) -> None:
         out.ack(ack, target.room)
 
     try:
-        outcome = asyncio.run(_run(url, target, event, data, raw, auth, timeout, report, window))
+        outcome = asyncio.run(
+            _run(url, target, event, data, raw, auth, timeout, report, window, api_key)
+        )
     except RelayError as exc:
         fail(exc.message)
     except KeyboardInterrupt:

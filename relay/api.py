@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match, Route
 
-from relay import names
+from relay import __version__, apispec, names
 from relay.errors import (
     BadRequest,
     Internal,
@@ -34,8 +34,6 @@ from relay.settings import Settings
 
 log = logging.getLogger("relay.api")
 
-HISTORY_LIMIT_DEFAULT = 100
-HISTORY_LIMIT_MAX = 1000
 ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -50,11 +48,6 @@ def error_response(exc: RelayError) -> Response:
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         response.headers["retry-after"] = str(max(1, round(exc.retry_after + 0.5)))
     return response
-
-
-#: the fields each body may have; any other is refused, named (a typo such as ``evnet`` must
-#: not publish under the default event name)
-BODY_FIELDS = frozenset({"event", "data"})
 
 
 class UnsupportedMediaType(BadRequest):
@@ -74,19 +67,6 @@ def client_ip(request: Request, trust_proxy: bool) -> str:
     return client.host if client is not None else "?"
 
 
-def _query_int(request: Request, key: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"'{key}' must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise BadRequest(f"'{key}' must be between {low} and {high}, got {value}")
-    return value
-
-
 class Api:
     """The ``/api/v1`` endpoints, bound to one relay."""
 
@@ -96,6 +76,9 @@ class Api:
         #: one bucket per API key (per client IP when no key is set)
         self.buckets = Buckets(settings.api_rate)
         self.rate_limited = 0
+        #: ends one connection (DELETE /api/v1/connections/{sid}); set by the app
+        self.end_connection: Callable[[str], Awaitable[None]] | None = None
+        self._openapi = orjson.dumps(apispec.openapi(__version__))
 
     def routes(self) -> list[Route]:
         wrap = self._guard
@@ -106,6 +89,12 @@ class Api:
             Route("/api/v1/connections/{sid}/events", wrap(self.sid_event), methods=["POST"]),
             Route("/api/v1/rooms/{room:path}/members", wrap(self.members), methods=["GET"]),
             Route("/api/v1/rooms/{room:path}/history", wrap(self.history), methods=["GET"]),
+            Route("/api/v1/rooms", wrap(self.rooms), methods=["GET"]),
+            Route("/api/v1/batch", wrap(self.batch), methods=["POST"]),
+            Route("/api/v1/connections/{sid}", wrap(self.connection), methods=["GET"]),
+            Route("/api/v1/connections/{sid}", wrap(self.disconnect), methods=["DELETE"]),
+            # (the document describes, it tells nothing of the relay's state: no key needed)
+            Route("/api/v1/openapi.json", self.openapi, methods=["GET"]),
             Route("/api/v1/{rest:path}", wrap(self.no_such_endpoint), methods=ANY_METHOD),
         ]
 
@@ -157,15 +146,15 @@ class Api:
         if not hmac.compare_digest(token.strip().encode(), key.encode()):
             raise Unauthorized("the API key is not valid")
 
-    def _throttle(self, request: Request) -> None:
+    def _throttle(self, request: Request, cost: int = 1) -> None:
         rate = self.settings.api_rate
-        if not rate.enabled:
+        if not rate.enabled or cost <= 0:
             return
         if self.settings.api_key is not None:
             key = "key"  # one key: one bucket (the key itself is never kept)
         else:
             key = client_ip(request, self.settings.trust_proxy)
-        wait = self.buckets.take(key)
+        wait = self.buckets.take(key, cost)
         if wait:
             self.rate_limited += 1
             raise RateLimited(
@@ -174,7 +163,8 @@ class Api:
                 wait,
             )
 
-    async def _body(self, request: Request) -> tuple[str, Any]:
+    async def _json(self, request: Request) -> Any:
+        """The request's JSON body: ``application/json``, within the frame limit, parsed."""
         media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media != "application/json":
             shown = media or "none"
@@ -191,20 +181,14 @@ class Api:
             if len(raw) > limit:
                 raise TooLarge(f"the request body is over the {limit}-byte limit")
         try:
-            body = orjson.loads(raw)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"the body must be a JSON object: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
-        unknown = [k for k in body if k not in BODY_FIELDS]
-        if unknown:
-            raise BadRequest(
-                f"unknown field {unknown[0]!r} in the body; it takes 'data' and optionally 'event'"
-            )
-        body = {k: v for k, v in body.items() if v is not None or k == "data"}
-        if "data" not in body:
-            raise BadRequest("the body needs 'data'")
-        return names.event_name(body.get("event")), body["data"]
+
+    async def _body(self, request: Request) -> tuple[str, Any]:
+        """An event body (``{"event"?, "data"}``): the event name and the data."""
+        body = apispec.EVENT_BODY.check(await self._json(request))
+        return body.get("event") or names.DEFAULT_EVENT, body["data"]
 
     async def room_event(self, request: Request) -> Response:
         room = names.room_name(request.path_params["room"])
@@ -235,10 +219,59 @@ class Api:
 
     async def history(self, request: Request) -> Response:
         room = names.room_name(request.path_params["room"])
-        since = _query_int(request, "since", 0, 0, 2**63 - 1)
-        limit = _query_int(request, "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
+        since = apispec.HISTORY_SINCE.read(request.query_params)
+        limit = apispec.HISTORY_LIMIT.read(request.query_params)
         body = _history_body(self.relay.history, room, since, limit)
         return StreamingResponse(body, media_type="application/json")
+
+    async def rooms(self, request: Request) -> Response:
+        after = apispec.ROOMS_AFTER.read(request.query_params)
+        limit = apispec.ROOMS_LIMIT.read(request.query_params)
+        return json_response(self.relay.rooms_page(after, limit))
+
+    async def connection(self, request: Request) -> Response:
+        sid = names.sid(request.path_params["sid"], "sid")
+        return json_response(self.relay.connection(sid))
+
+    async def disconnect(self, request: Request) -> Response:
+        sid = names.sid(request.path_params["sid"], "sid")
+        self.relay.member(sid)  # NotFound when it is not connected
+        if self.end_connection is not None:
+            await self.end_connection(sid)
+        return json_response({"ok": True, "sid": sid})
+
+    async def batch(self, request: Request) -> Response:
+        """Up to BATCH_MAX publishes and sends, each answered in order like its own request
+        (an item refused does not stop the others). The batch costs as many API tokens as it
+        has items beyond the first, so batching is no way around RELAY_API_RATE."""
+        body = await self._json(request)
+        items = apispec.OPERATIONS_BY_ID["batch"].body.check(body)["items"]  # type: ignore[union-attr]
+        if not isinstance(items, list) or not 1 <= len(items) <= apispec.BATCH_MAX:
+            raise BadRequest(f"'items' must be an array of 1 to {apispec.BATCH_MAX} items")
+        self._throttle(request, len(items) - 1)
+        results = [self._batch_item(i, item) for i, item in enumerate(items)]
+        return json_response({"results": results})
+
+    def _batch_item(self, index: int, item: Any) -> dict[str, Any]:
+        try:
+            fields = apispec.BATCH_ITEM.check(item, f"item {index}")
+            event = fields.get("event") or names.DEFAULT_EVENT
+            if "room" in fields:
+                message = self.relay.publish(HTTP_SENDER, fields["room"], event, fields["data"])
+                return {"ok": True, "id": message.id, "offset": message.offset}
+            message, delivered = self.relay.direct(
+                HTTP_SENDER,
+                to=fields.get("to"),
+                user=fields.get("user"),
+                event=event,
+                data=fields["data"],
+            )
+            return {"ok": True, "id": message.id, "delivered": delivered}
+        except RelayError as exc:
+            return {"ok": False, "error": exc.to_dict()}
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(self._openapi, media_type="application/json")
 
 
 #: envelopes per chunk of a streamed history page

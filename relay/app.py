@@ -192,6 +192,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     api = Api(relay, settings)
 
+    async def end_connection(sid: str) -> None:
+        log.info("%s: disconnected through the HTTP API", sid)
+        await sio.disconnect(sid)
+
+    api.end_connection = end_connection
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks: set[asyncio.Task[None]] = set()

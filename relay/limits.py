@@ -125,8 +125,8 @@ class Buckets:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: str) -> float:
-        """0.0 when ``key`` may go ahead (a token spent), else seconds to wait."""
+    def take(self, key: str, cost: float = 1.0) -> float:
+        """0.0 when ``key`` may go ahead (``cost`` tokens spent), else seconds to wait."""
         rate = self.rate
         if not rate.enabled:
             return 0.0
@@ -139,9 +139,9 @@ class Buckets:
                     # every tracked key is busy: a new one waits like one with an empty bucket
                     return 1.0 / rate.per_s
             bucket = self._buckets[key] = Bucket(rate, now)
-        if bucket.take(rate, now):
+        if bucket.take(rate, now, cost):
             return 0.0
-        return max(bucket.retry_after(rate), 0.001)
+        return max(bucket.retry_after(rate, min(cost, rate.burst)), 0.001)
 
     def bucket(self, key: str) -> Bucket:
         """``key``'s bucket itself (made full if new), for a caller that spends from it

@@ -13,9 +13,10 @@ from typing import Any
 
 from relay.errors import BadRequest
 
-_ALLOWED = r"[A-Za-z0-9_\-.:@/]"
-ROOM_RE = re.compile(_ALLOWED + r"{1,128}")
-NAME_RE = re.compile(_ALLOWED + r"{1,64}")
+#: one character of a name (relay.apispec puts it in the OpenAPI document's patterns)
+ALLOWED_CHARS = r"[A-Za-z0-9_\-.:@/]"
+ROOM_RE = re.compile(ALLOWED_CHARS + r"{1,128}")
+NAME_RE = re.compile(ALLOWED_CHARS + r"{1,64}")
 
 RESERVED_EVENTS = frozenset(
     {

@@ -8,6 +8,7 @@ of rooms that connection was in, not the number of rooms on the server.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ class Member:
     user: str | None
     rooms: set[str] = field(default_factory=set)
     identity: Identity = OPEN
+    #: when it connected (Unix ms; a recovered session: when it came back)
+    connected_at: int = 0
     #: this connection's rate limits (relay.service), made on first use
     publish_bucket: Bucket | None = None
     delivery_bucket: Bucket | None = None
@@ -132,3 +135,10 @@ class Registry:
 
     def room_count(self) -> int:
         return len(self._rooms)
+
+    def rooms_after(self, after: str | None, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` occupied rooms named after ``after``, sorted, with member counts
+        (a heap selection: a page costs the number of rooms, not a sort of them all)."""
+        rooms = self._rooms
+        names = rooms if after is None else (room for room in rooms if room > after)
+        return [(room, len(rooms[room])) for room in heapq.nsmallest(limit, names)]

@@ -82,7 +82,9 @@ class Relay:
         self.recovery.issue(sid)
         identity = identity or Identity(user)
         self._watch_expiry(sid, identity)
-        return self.registry.connect(sid, user, identity)
+        member = self.registry.connect(sid, user, identity)
+        member.connected_at = self._clock()
+        return member
 
     def disconnect(self, sid: str, recoverable: bool = False) -> None:
         """Forget ``sid``: it leaves every room, and their members hear of it.
@@ -130,6 +132,7 @@ class Relay:
         self.transport.attach(sid, eio_sid)
         self._watch_expiry(sid, identity)
         member = self.registry.connect(sid, identity.user, identity)
+        member.connected_at = self._clock()
         for room in session.rooms:
             self.history.touch(room)
             if self.registry.join(sid, room):
@@ -269,6 +272,27 @@ class Relay:
     def presence(self, room: str) -> dict[str, Any]:
         members = [m.as_dict() for m in self.registry.members(room)]
         return {"ok": True, "room": room, "members": members}
+
+    def rooms_page(self, after: str | None, limit: int) -> dict[str, Any]:
+        """Rooms with members, sorted by name, ``limit`` after ``after``."""
+        page = self.registry.rooms_after(after, limit + 1)
+        more = len(page) > limit
+        page = page[:limit]
+        return {
+            "rooms": [{"room": room, "members": count} for room, count in page],
+            "next": page[-1][0] if more else None,
+        }
+
+    def connection(self, sid: str) -> dict[str, Any]:
+        """What the HTTP API tells of one connection, or NotFound."""
+        member = self.member(sid)
+        return {
+            "sid": sid,
+            "user": member.user,
+            "rooms": sorted(member.rooms),
+            "connected_at": member.connected_at,
+            "transport": self.transport.kind(sid) or "polling",
+        }
 
     # -- limits --------------------------------------------------------------------------------
 

@@ -36,6 +36,10 @@ class Transport(Protocol):
         """Read nothing more from ``sid`` for ``seconds`` (where the transport can)."""
         ...
 
+    def kind(self, sid: str) -> str | None:
+        """``websocket`` or ``polling`` (what ``sid`` is connected over now), None if gone."""
+        ...
+
 
 #: rooms whose recipients a transport remembers (a cache: past it, it starts over)
 ROOM_CACHE_SIZE = 4096
@@ -73,6 +77,12 @@ class EngineIOTransport:
                 # Release a long-poll GET still parked on this socket's queue (and a websocket
                 # writer): without it a polling client's goodbye hangs until the next ping.
                 sock.queue.put_nowait(None)
+
+    def kind(self, sid: str) -> str | None:
+        sock = self._sockets.get(sid)
+        if sock is None:
+            return None
+        return "websocket" if getattr(sock, "upgraded", False) else "polling"
 
     def send(self, sid: str, packet: str) -> bool:
         # _deliver for one recipient (every unicast), without its loop and bookkeeping
