@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from typing import Any
 
 from relay import webhooks
 from relay.rooms import Member
 from relay.settings import Settings
 from relay.webhooks import Webhooks, backoff, check_signature, event_dict, retry_after, sign
+from tests.conftest import ROOT
 
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
@@ -70,3 +73,20 @@ def test_a_full_queue_drops_and_counts() -> None:
         hooks.connected(member)
     assert hooks.describe()["queued"] == 3
     assert hooks.dropped["queue_full"] == 2
+
+
+def test_the_readmes_verifier_accepts_relays_signature() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Webhooks") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("```", start)]
+    assert len([line for line in code.splitlines() if line.strip()]) == 5
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    body = b'{"events":[]}'
+    now = int(time.time())
+    headers = {"X-Relay-Timestamp": str(now), "X-Relay-Signature": sign("k", now, body)}
+    assert namespace["verify"](b"k", headers, body) is True
+    assert namespace["verify"](b"other", headers, body) is False
+    stale = {"X-Relay-Timestamp": str(now - 400), "X-Relay-Signature": sign("k", now - 400, body)}
+    assert namespace["verify"](b"k", stale, body) is False
