@@ -138,6 +138,8 @@ class Webhooks:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
+        #: the sender is gone for good (shut down): events noted now are dropped at once
+        self._finished = False
         self._lingering = False
         self._next_log: dict[str, float] = {}
         self.stats = {"sent": 0, "requests": 0, "retries": 0}
@@ -187,14 +189,8 @@ class Webhooks:
 
     def _put(self, event: Event) -> None:
         queue = self._queue
-        if len(queue) >= self._limit or self._closing:
-            self.dropped["queue_full" if not self._closing else "shutdown"] += 1
-            self._warn(
-                "queue_full",
-                "webhook queue full (RELAY_WEBHOOK_QUEUE=%d): dropping events (%d so far)",
-                self._limit,
-                self.dropped["queue_full"],
-            )
+        if len(queue) >= self._limit or self._finished:
+            self._refuse()
             return
         queue.append(event)
         waiter = self._waiter
@@ -202,6 +198,18 @@ class Webhooks:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _refuse(self) -> None:
+        if self._finished:  # (after the shutdown flush: nothing will send it)
+            self.dropped["shutdown"] += 1
+            return
+        self.dropped["queue_full"] += 1
+        self._warn(
+            "queue_full",
+            "webhook queue full (RELAY_WEBHOOK_QUEUE=%d): dropping events (%d so far)",
+            self._limit,
+            self.dropped["queue_full"],
+        )
 
     # -- the sender ----------------------------------------------------------------------------
 
@@ -226,6 +234,7 @@ class Webhooks:
             if not done:
                 task.cancel()
                 await asyncio.wait({task}, timeout=1)
+        self._finished = True
         lost = len(self._queue) + len(self._in_flight)
         if lost:
             self.dropped["shutdown"] += lost
