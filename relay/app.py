@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from relay import __version__, envelope, handlers, names
+from relay import __version__, envelope, handlers, metrics, names
 from relay.api import Api
 from relay.edge import EdgeGuard
 from relay.engine import RelayEngine
@@ -250,6 +250,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *api.routes(),
         Route("/", index),
         Route("/healthz", healthz),
+        metrics.route(relay, sio.eio, api, edge, hooks, settings),
         Mount("/socket.io", app=sio_app),  # (RelayApp answers these paths before routing)
     ]
     if STATIC_DIR.is_dir():

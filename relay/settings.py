@@ -195,6 +195,8 @@ class Settings:
     #: seconds one request may take; how long a batch is retried before its events are dropped
     webhook_timeout: float = 10.0
     webhook_retry_for: float = 60.0
+    #: the key GET /metrics needs (as a bearer token); unset: RELAY_API_KEY, when that is set
+    metrics_key: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
@@ -313,4 +315,5 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "webhook_linger": ("RELAY_WEBHOOK_LINGER", parse_duration),
     "webhook_timeout": ("RELAY_WEBHOOK_TIMEOUT", parse_duration),
     "webhook_retry_for": ("RELAY_WEBHOOK_RETRY_FOR", parse_duration),
+    "metrics_key": ("RELAY_METRICS_KEY", parse_optional),
 }

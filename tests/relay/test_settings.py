@@ -71,6 +71,7 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("RELAY_WEBHOOK_LINGER", "20ms", "webhook_linger", 0.02),
     ("RELAY_WEBHOOK_TIMEOUT", "2s", "webhook_timeout", 2.0),
     ("RELAY_WEBHOOK_RETRY_FOR", "1m", "webhook_retry_for", 60.0),
+    ("RELAY_METRICS_KEY", "scrape", "metrics_key", "scrape"),
 ]
 
 #: variables that only make sense with another one set (RELAY_SECRET needs RELAY_API_KEY)
