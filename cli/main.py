@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from relay import __version__
-from relay.cli import listen, loadtest, send, serve, token
+from relay.cli import hooks, listen, loadtest, send, serve, token
 from relay.cli.help import CONTEXT_SETTINGS, Group
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ app.add_typer(loadtest.app)
 app.add_typer(send.app)
 app.add_typer(listen.app)
 app.add_typer(token.app)
+app.add_typer(hooks.app)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from relay import __version__, handlers, names
+from relay import __version__, envelope, handlers, metrics, names
 from relay.api import Api
 from relay.edge import EdgeGuard
 from relay.engine import RelayEngine
@@ -32,6 +32,7 @@ from relay.service import Relay
 from relay.settings import Settings
 from relay.sio import RelayManager, RelaySocketIO
 from relay.transport import EngineIOTransport
+from relay.webhooks import Webhooks
 
 log = logging.getLogger("relay")
 
@@ -166,6 +167,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     sio = build_sio(settings)
     relay = Relay(settings, EngineIOTransport(sio.eio))
     handlers.register(sio, relay)
+    hooks = Webhooks(settings, envelope.now_ms) if settings.webhook_url else None
+    if hooks is not None:
+        relay.report_to(hooks)
     edge = EdgeGuard(settings)
     sio.eio.edge = edge  # (new sessions are held to the per-IP connect rate)
     started = time.monotonic()
@@ -180,6 +184,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "api_rate_limited": api.rate_limited,
             "edge": edge.describe(),
         }
+        if hooks is not None:
+            body["webhooks"] = hooks.describe()
         return JSONResponse(body)
 
     index_html = STATIC_DIR / "index.html"
@@ -208,6 +214,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             task = asyncio.create_task(job, name=name)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        if hooks is not None:
+            hooks.start()
         log.info("relay %s ready (in-memory)", __version__)
         if settings.secret is None and not _loopback(settings.host):
             log.warning(
@@ -240,12 +248,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await asyncio.wait(tasks, timeout=5)
             await drain(sio)
             await sio.shutdown()
+            if hooks is not None:  # (after the drain: its disconnects are reported too)
+                await hooks.close(settings.shutdown_timeout)
 
     sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
     routes = [
         *api.routes(),
         Route("/", index),
         Route("/healthz", healthz),
+        metrics.route(relay, sio.eio, api, edge, hooks, settings),
         Mount("/socket.io", app=sio_app),  # (RelayApp answers these paths before routing)
     ]
     if STATIC_DIR.is_dir():

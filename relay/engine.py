@@ -894,6 +894,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         if sock is None or sock.closing or sock.closed:
             return
         log.warning("dropping polling session %s: %s", sid, reason)
+        fastws.flusher_for(asyncio.get_running_loop()).slow_dropped += 1
         task = asyncio.get_running_loop().create_task(_close_slow(sock, reason))
         _closers.add(task)
         task.add_done_callback(_closers.discard)

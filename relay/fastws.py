@@ -115,12 +115,15 @@ class Flusher:
     many frames it got in that iteration.
     """
 
-    __slots__ = ("dirty", "loop", "scheduled")
+    __slots__ = ("dirty", "loop", "scheduled", "slow_dropped")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.dirty: list[FastWebSocketProtocol] = []
         self.scheduled = False
+        #: connections (websocket and polling) dropped as slow clients on this loop: one
+        #: loop per server, so this is the server's count (relay.metrics reads it)
+        self.slow_dropped = 0
 
     def schedule(self) -> None:
         if not self.scheduled:
@@ -1095,6 +1098,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
         self.pending = None
         self.queued = 0
         self.drop_reason = f"send buffer over its limit ({size} > {self.limit} bytes): slow client"
+        self.flusher.slow_dropped += 1
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         log.warning("dropping websocket %s: %s", client, self.drop_reason)
         self.close_sent = True

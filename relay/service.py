@@ -11,7 +11,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relay import envelope
 from relay.auth import Identity
@@ -22,6 +22,9 @@ from relay.recovery import Recovery, Session
 from relay.rooms import Member, Registry
 from relay.settings import Settings
 from relay.transport import Transport
+
+if TYPE_CHECKING:
+    from relay.webhooks import Webhooks
 
 log = logging.getLogger("relay")
 
@@ -72,6 +75,8 @@ class Relay:
         #: (expiry in Unix seconds, sid) of connections whose token expires (a heap; entries of
         #: connections gone are skipped when they come up, and compacted when they pile up)
         self._expiring: list[tuple[float, str]] = []
+        #: where connection and membership events are reported (relay.webhooks), if anywhere
+        self.hooks: Webhooks | None = None
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -84,6 +89,8 @@ class Relay:
         self._watch_expiry(sid, identity)
         member = self.registry.connect(sid, user, identity)
         member.connected_at = self._clock()
+        if self.hooks is not None:
+            self.hooks.connected(member)
         return member
 
     def disconnect(self, sid: str, recoverable: bool = False) -> None:
@@ -99,6 +106,8 @@ class Relay:
             return
         for room in rooms:
             self._announce(room, "leave", member)
+        if self.hooks is not None:
+            self.hooks.disconnected(member, rooms, self.registry.occupied)
         # after the announcements: its own leave is not among what it missed
         if recoverable:
             self.recovery.hold(sid, member.user, rooms)
@@ -133,11 +142,16 @@ class Relay:
         self._watch_expiry(sid, identity)
         member = self.registry.connect(sid, identity.user, identity)
         member.connected_at = self._clock()
+        hooks = self.hooks
+        if hooks is not None:
+            hooks.connected(member)
         for room in session.rooms:
             self.history.touch(room)
             if self.registry.join(sid, room):
                 # it left when it dropped; the members who heard that hear it is back
                 self._announce(room, "join", member)
+                if hooks is not None:
+                    hooks.joined(member, room, self.registry.count(room) == 1)
         for packet in missed:
             self.transport.send(sid, packet)
         return member
@@ -181,6 +195,8 @@ class Relay:
             ack["recovered"] = replay.recovered
         if joined:
             self._announce(room, "join", member)
+            if self.hooks is not None:
+                self.hooks.joined(member, room, self.registry.count(room) == 1)
         ack["offset"] = self.history.latest(room)
         # (the room is known: it has a member, this one)
         ack["epoch"] = self.history.touch(room)
@@ -193,6 +209,8 @@ class Relay:
             self._announce(room, "leave", member)
             if not self.in_use(room):
                 self.history.forget_if_idle(room)
+            if self.hooks is not None:
+                self.hooks.left(member, room, not self.registry.occupied(room))
         return {"ok": True, "room": room}
 
     def publish(
@@ -227,6 +245,21 @@ class Relay:
             self.recovery.to_room(room, message.packet)
         self.stats["published"] += 1
         self.stats["delivered"] += sent
+        return message
+
+    def report_to(self, hooks: Webhooks) -> None:
+        """Report connects, disconnects, joins and leaves to ``hooks``, and client publishes
+        too when it wants them (only then is ``publish`` wrapped: no check per publish else)."""
+        self.hooks = hooks
+        if hooks.wants_publish:
+            self.publish = self._publish_reported  # type: ignore[method-assign]
+
+    def _publish_reported(
+        self, sender: Sender, room: str, event: str, data: Any, exclude_self: bool = False
+    ) -> envelope.Message:
+        message = Relay.publish(self, sender, room, event, data, exclude_self)
+        if sender.sid is not None and self.hooks is not None:  # (clients', not the HTTP API's)
+            self.hooks.published(sender.sid, sender.user, room, event, message.offset)
         return message
 
     def direct(

@@ -89,6 +89,28 @@ def parse_optional(key: str, raw: str) -> str | None:
     return raw.strip() or None
 
 
+def parse_url(key: str, raw: str) -> str | None:
+    """An ``http://`` or ``https://`` URL with a host, or ``None`` for an empty value."""
+    url = raw.strip()
+    if not url:
+        return None
+    if not re.fullmatch(r"https?://[^\s/?#]+(?:[/?#]\S*)?", url):
+        raise ConfigError(f"{key}={raw!r} is not an http(s) URL (like https://example.com/hooks)")
+    return url
+
+
+def parse_patterns(key: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated event-name patterns (``*`` matches any run): ``chat.*,typing``."""
+    patterns = tuple(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
+    for pattern in patterns:
+        if not re.fullmatch(r"[A-Za-z0-9_\-.:@/*]{1,64}", pattern):
+            raise ConfigError(
+                f"{key}={raw!r}: {pattern!r} is not an event-name pattern"
+                " (1-64 letters, digits, _-.:@/ and *, e.g. chat.*)"
+            )
+    return patterns
+
+
 def parse_bool(key: str, raw: str) -> bool:
     text = raw.strip().lower()
     if text in ("1", "true", "yes", "on"):
@@ -160,6 +182,21 @@ class Settings:
     #: take the client's IP from the last X-Forwarded-For entry (behind Heroku's router, a
     #: load balancer); off, the socket's peer is the client
     trust_proxy: bool = False
+    # -- webhooks (relay.webhooks): on when a URL is set; a URL needs a secret --
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    #: event-name patterns of client publishes to report (none: publishes are not reported)
+    webhook_publish: tuple[str, ...] = ()
+    #: events waiting to be sent; past it new events are dropped (and counted)
+    webhook_queue: int = 10_000
+    #: events in one request at most, and how long the first of a batch waits for company
+    webhook_batch: int = 100
+    webhook_linger: float = 0.05
+    #: seconds one request may take; how long a batch is retried before its events are dropped
+    webhook_timeout: float = 10.0
+    webhook_retry_for: float = 60.0
+    #: the key GET /metrics needs (as a bearer token); unset: RELAY_API_KEY, when that is set
+    metrics_key: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
@@ -207,6 +244,11 @@ class Settings:
             ("RELAY_HEADER_TIMEOUT", self.header_timeout, 0.01),
             ("WEB_CONCURRENCY", self.web_concurrency, 1),
             ("RELAY_CONNECT_TIMEOUT", self.connect_timeout, 0.01),
+            ("RELAY_WEBHOOK_QUEUE", self.webhook_queue, 1),
+            ("RELAY_WEBHOOK_BATCH", self.webhook_batch, 1),
+            ("RELAY_WEBHOOK_LINGER", self.webhook_linger, 0),
+            ("RELAY_WEBHOOK_TIMEOUT", self.webhook_timeout, 0.01),
+            ("RELAY_WEBHOOK_RETRY_FOR", self.webhook_retry_for, 0),
         ]
         for key, value, low in limits:
             if value < low:
@@ -221,6 +263,12 @@ class Settings:
             raise ConfigError(
                 "RELAY_SECRET is set but RELAY_API_KEY is not: with a secret, the HTTP API needs"
                 " a key too (set RELAY_API_KEY, e.g. to the output of `openssl rand -hex 32`)"
+            )
+
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ConfigError(
+                "RELAY_WEBHOOK_URL is set but RELAY_WEBHOOK_SECRET is not: webhooks are signed"
+                " (set RELAY_WEBHOOK_SECRET, e.g. to the output of `openssl rand -hex 32`)"
             )
 
     def replace(self, **changes: Any) -> Settings:
@@ -259,4 +307,13 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "connect_timeout": ("RELAY_CONNECT_TIMEOUT", parse_duration),
     "trust_proxy": ("RELAY_TRUST_PROXY", parse_bool),
     "web_concurrency": ("WEB_CONCURRENCY", parse_int),
+    "webhook_url": ("RELAY_WEBHOOK_URL", parse_url),
+    "webhook_secret": ("RELAY_WEBHOOK_SECRET", parse_optional),
+    "webhook_publish": ("RELAY_WEBHOOK_PUBLISH", parse_patterns),
+    "webhook_queue": ("RELAY_WEBHOOK_QUEUE", parse_int),
+    "webhook_batch": ("RELAY_WEBHOOK_BATCH", parse_int),
+    "webhook_linger": ("RELAY_WEBHOOK_LINGER", parse_duration),
+    "webhook_timeout": ("RELAY_WEBHOOK_TIMEOUT", parse_duration),
+    "webhook_retry_for": ("RELAY_WEBHOOK_RETRY_FOR", parse_duration),
+    "metrics_key": ("RELAY_METRICS_KEY", parse_optional),
 }

@@ -11,7 +11,7 @@ from relay.cli.serve import DEFAULTS, FLAGS
 from relay.settings import ENV_KEYS, Settings
 from tests.cli.clirun import invoke
 
-COMMANDS = ["serve", "send", "listen", "token", "loadtest"]
+COMMANDS = ["serve", "send", "listen", "token", "loadtest", "hooks"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import threading
+import urllib.request
 from pathlib import Path
 
 import socketio
@@ -108,6 +109,8 @@ async def test_a_stalled_reader_is_dropped_and_others_keep_up() -> None:
         assert got == [len(PAYLOAD)] * MESSAGES
         assert await members() == 1
         await wait_for(lambda: any("slow client" in line for line in relay.lines), timeout=10)
+        metrics = await asyncio.to_thread(_text, f"{relay.url}/metrics")
+        assert "relay_slow_clients_dropped_total 1.0" in metrics.splitlines(), metrics
         # 40 MB went to the stalled client's room; the server kept at most its limit of it
         growth_mb = (rss_after - rss_before) / 1024
         assert growth_mb < 20, f"server RSS grew {growth_mb:.1f} MB"
@@ -118,6 +121,11 @@ async def test_a_stalled_reader_is_dropped_and_others_keep_up() -> None:
             stalled.close()
         relay.stop()
         _close_output(relay)
+
+
+def _text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
 
 
 def _close_output(relay: RelayProcess) -> None:

@@ -63,10 +63,22 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("RELAY_TRUST_PROXY", "true", "trust_proxy", True),
     ("RELAY_TRUST_PROXY", "0", "trust_proxy", False),
     ("WEB_CONCURRENCY", "4", "web_concurrency", 4),
+    ("RELAY_WEBHOOK_URL", "https://example.com/hooks", "webhook_url", "https://example.com/hooks"),
+    ("RELAY_WEBHOOK_SECRET", "whsec", "webhook_secret", "whsec"),
+    ("RELAY_WEBHOOK_PUBLISH", "chat.*, typing", "webhook_publish", ("chat.*", "typing")),
+    ("RELAY_WEBHOOK_QUEUE", "500", "webhook_queue", 500),
+    ("RELAY_WEBHOOK_BATCH", "10", "webhook_batch", 10),
+    ("RELAY_WEBHOOK_LINGER", "20ms", "webhook_linger", 0.02),
+    ("RELAY_WEBHOOK_TIMEOUT", "2s", "webhook_timeout", 2.0),
+    ("RELAY_WEBHOOK_RETRY_FOR", "1m", "webhook_retry_for", 60.0),
+    ("RELAY_METRICS_KEY", "scrape", "metrics_key", "scrape"),
 ]
 
 #: variables that only make sense with another one set (RELAY_SECRET needs RELAY_API_KEY)
-COMPANIONS = {"RELAY_SECRET": {"RELAY_API_KEY": "key"}}
+COMPANIONS = {
+    "RELAY_SECRET": {"RELAY_API_KEY": "key"},
+    "RELAY_WEBHOOK_URL": {"RELAY_WEBHOOK_SECRET": "whsec"},
+}
 
 INVALID: list[tuple[str, str]] = [
     ("PORT", "http"),
@@ -105,6 +117,12 @@ INVALID: list[tuple[str, str]] = [
     ("RELAY_TRUST_PROXY", "maybe"),
     ("WEB_CONCURRENCY", "0"),
     ("RELAY_HISTORY_MAX_BYTES", "-1"),
+    ("RELAY_WEBHOOK_URL", "example.com/hooks"),
+    ("RELAY_WEBHOOK_PUBLISH", "chat message"),
+    ("RELAY_WEBHOOK_QUEUE", "0"),
+    ("RELAY_WEBHOOK_BATCH", "none"),
+    ("RELAY_WEBHOOK_TIMEOUT", "0"),
+    ("RELAY_WEBHOOK_RETRY_FOR", "forever"),
 ]
 
 
