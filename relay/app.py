@@ -172,6 +172,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         relay.report_to(hooks)
     edge = EdgeGuard(settings)
     sio.eio.edge = edge  # (new sessions are held to the per-IP connect rate)
+    processes = settings.processes()
+    if processes > 1:
+        sio.eio.polling_refused = (
+            f"HTTP long-polling is off: {processes} relay processes share this port and a"
+            " polling session's requests could reach any of them; connect over WebSocket"
+            " (socket.io-client: transports: ['websocket']), or run one worker"
+        )
     started = time.monotonic()
 
     async def healthz(request: Request) -> Response:
@@ -225,7 +232,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 settings.host,
                 "" if settings.api_key else ", and use the HTTP API",
             )
-        if settings.web_concurrency > 1:
+        if settings.web_concurrency > 1 and settings.processes() == 1:
             log.warning(
                 "WEB_CONCURRENCY=%d, but relay runs one process: its rooms, history and"
                 " connections live in memory, and several processes would be separate relays"

@@ -44,7 +44,7 @@ from engineio.async_socket import AsyncSocket
 
 from relay import fastws, polling
 from relay.edge import EdgeGuard, forwarded_ip, refusal, refusal_body
-from relay.errors import RelayError
+from relay.errors import BadRequest, RelayError
 
 log = logging.getLogger("relay.engine")
 
@@ -731,6 +731,9 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         #: the transport edge's limits (relay.edge): asked about every new session (the
         #: per-IP connect rate); None when the application has none
         self.edge: EdgeGuard | None = None
+        #: why a new long-polling session is refused (several worker processes share the
+        #: port, and a polling session's requests could reach any of them); None: allowed
+        self.polling_refused: str | None = None
         self._message_now: Any = _UNRESOLVED
         #: (the coroutine registered with ``on("connect")``, the same as a plain function of
         #: (sid, environ) that accepts every connection): while that coroutine is the handler,
@@ -835,6 +838,8 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
             error = edge.session(self._client_ip(environ, edge.trust_proxy))
             if error is not None:
                 return _error_answer(error)
+        if transport == "polling" and self.polling_refused is not None:
+            return _error_answer(BadRequest(self.polling_refused))
         sid = self.generate_id()
         sock = RelaySocket(self, sid)
         self.sockets[sid] = sock

@@ -133,8 +133,98 @@ def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; returns normally after a clean shutdown.
 
     Raises ConfigError, before anything starts, when the address cannot be listened on.
+    With more than one process (:meth:`Settings.processes`), workers share the socket.
     """
     sock = listen(settings.host, settings.port)
+    processes = settings.processes()
+    if processes > 1:
+        code = supervise(settings, sock, processes)
+        if code:
+            raise SystemExit(code)
+        return
+    serve_on(settings, sock)
+
+
+def serve_on(settings: Settings, sock: socket.socket) -> None:
     server = RelayServer(uvicorn_config(settings))
     server.tune_gc = True
     server.run(sockets=[sock])
+
+
+#: a worker that dies this soon after it started is not restarted (it would only die again)
+RESTART_AFTER_S = 5.0
+
+
+def supervise(settings: Settings, sock: socket.socket, processes: int) -> int:
+    """Run ``processes`` workers on ``sock`` (forked: each builds its own application and
+    event loop, and the kernel hands each new connection to one of them) until SIGTERM or
+    SIGINT, which each worker gets to drain as a single relay does; a worker that dies is
+    started again. Returns the exit status: 0 when every worker stopped cleanly."""
+    import logging.config
+    import os
+    import signal
+    import time
+
+    logging.config.dictConfig(log_config(settings.log_level))
+    workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
+    stopping = False
+
+    def start(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                serve_on(settings, sock)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        workers[pid] = (index, time.monotonic())
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("relay %d workers on %s (pid %d supervises)", processes, _where(sock), os.getpid())
+    for index in range(processes):
+        start(index)
+    status = 0
+    while workers:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # (PEP 475 retries; kept for clarity)
+            continue
+        if pid not in workers:
+            continue
+        index, started = workers.pop(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if stopping:
+            status = status or (0 if code == 0 else 1)
+            continue
+        log.error("worker %d (pid %d) exited with %d", index, pid, code)
+        if time.monotonic() - started < RESTART_AFTER_S:
+            log.error("worker %d died within %.0f s of starting: stopping", index, RESTART_AFTER_S)
+            status = 1
+            stop(signal.SIGTERM, None)
+            continue
+        start(index)
+    sock.close()
+    return status
+
+
+def _where(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -179,6 +179,9 @@ class Settings:
     #: processes a platform asks for (Heroku sets WEB_CONCURRENCY by dyno size): relay's rooms
     #: live in memory, so it runs one and says so when asked for more
     web_concurrency: int = 1
+    #: processes serving one port (``relay serve --workers``); 0: WEB_CONCURRENCY when Redis
+    #: joins them (cluster mode), else 1. More than one needs Redis (see :meth:`processes`)
+    workers: int = 0
     #: take the client's IP from the last X-Forwarded-For entry (behind Heroku's router, a
     #: load balancer); off, the socket's peer is the client
     trust_proxy: bool = False
@@ -220,6 +223,15 @@ class Settings:
         settings.check(given)
         return settings
 
+    def processes(self) -> int:
+        """How many processes serve the port: ``workers`` when set; else WEB_CONCURRENCY in
+        cluster mode (Heroku sets it by dyno size); else one (WEB_CONCURRENCY without Redis
+        would split one relay into several that do not see each other: relay runs one and
+        warns, rather than refuse to start on a platform that set it by itself)."""
+        if self.workers:
+            return self.workers
+        return self.web_concurrency if self.redis_url else 1
+
     def check(self, given: Mapping[str, str] | None = None) -> None:
         """Reject combinations no server could run with.
 
@@ -243,6 +255,7 @@ class Settings:
             ("RELAY_MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip, 0),
             ("RELAY_HEADER_TIMEOUT", self.header_timeout, 0.01),
             ("WEB_CONCURRENCY", self.web_concurrency, 1),
+            ("RELAY_WORKERS", self.workers, 0),
             ("RELAY_CONNECT_TIMEOUT", self.connect_timeout, 0.01),
             ("RELAY_WEBHOOK_QUEUE", self.webhook_queue, 1),
             ("RELAY_WEBHOOK_BATCH", self.webhook_batch, 1),
@@ -258,6 +271,12 @@ class Settings:
             raise ConfigError(
                 f"RELAY_MAX_PAYLOAD={shown!r} must leave room for the envelope "
                 f"inside the {self.max_frame}-byte transport limit"
+            )
+        if self.workers > 1 and self.redis_url is None:
+            raise ConfigError(
+                f"RELAY_WORKERS={given.get('RELAY_WORKERS', self.workers)!r} needs Redis"
+                " (REDIS_URL): without it each process would be a separate relay whose clients"
+                " never meet; set REDIS_URL, or run one worker"
             )
         if self.secret is not None and self.api_key is None:
             raise ConfigError(
@@ -307,6 +326,7 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "connect_timeout": ("RELAY_CONNECT_TIMEOUT", parse_duration),
     "trust_proxy": ("RELAY_TRUST_PROXY", parse_bool),
     "web_concurrency": ("WEB_CONCURRENCY", parse_int),
+    "workers": ("RELAY_WORKERS", parse_int),
     "webhook_url": ("RELAY_WEBHOOK_URL", parse_url),
     "webhook_secret": ("RELAY_WEBHOOK_SECRET", parse_optional),
     "webhook_publish": ("RELAY_WEBHOOK_PUBLISH", parse_patterns),

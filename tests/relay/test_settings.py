@@ -63,6 +63,7 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("RELAY_TRUST_PROXY", "true", "trust_proxy", True),
     ("RELAY_TRUST_PROXY", "0", "trust_proxy", False),
     ("WEB_CONCURRENCY", "4", "web_concurrency", 4),
+    ("RELAY_WORKERS", "1", "workers", 1),
     ("RELAY_WEBHOOK_URL", "https://example.com/hooks", "webhook_url", "https://example.com/hooks"),
     ("RELAY_WEBHOOK_SECRET", "whsec", "webhook_secret", "whsec"),
     ("RELAY_WEBHOOK_PUBLISH", "chat.*, typing", "webhook_publish", ("chat.*", "typing")),
@@ -116,6 +117,8 @@ INVALID: list[tuple[str, str]] = [
     ("RELAY_CONNECT_TIMEOUT", "later"),
     ("RELAY_TRUST_PROXY", "maybe"),
     ("WEB_CONCURRENCY", "0"),
+    ("RELAY_WORKERS", "-1"),
+    ("RELAY_WORKERS", "two"),
     ("RELAY_HISTORY_MAX_BYTES", "-1"),
     ("RELAY_WEBHOOK_URL", "example.com/hooks"),
     ("RELAY_WEBHOOK_PUBLISH", "chat message"),
@@ -187,3 +190,18 @@ def test_a_secret_without_an_api_key_is_refused_in_one_line() -> None:
     with pytest.raises(ConfigError):
         Settings(secret="s3cret").check()
     Settings(secret="s3cret", api_key="k").check()
+
+
+def test_workers_need_redis_and_web_concurrency_counts_only_with_it() -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"RELAY_WORKERS": "2"})
+    assert "RELAY_WORKERS='2' needs Redis (REDIS_URL)" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    # a platform's WEB_CONCURRENCY alone never refuses to start: one process, and a warning
+    assert Settings.from_env({"WEB_CONCURRENCY": "4"}).processes() == 1
+    redis = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+    assert Settings.from_env({**redis, "WEB_CONCURRENCY": "4"}).processes() == 4
+    assert (
+        Settings.from_env({**redis, "WEB_CONCURRENCY": "4", "RELAY_WORKERS": "2"}).processes() == 2
+    )
+    assert Settings.from_env({"RELAY_WORKERS": "1", "WEB_CONCURRENCY": "3"}).processes() == 1
