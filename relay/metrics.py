@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from relay import fastws
 from relay.api import error_response
+from relay.connecthook import ConnectHook
 from relay.edge import EdgeGuard
 from relay.errors import Unauthorized
 from relay.service import Relay
@@ -36,13 +37,20 @@ class RelayCollector(Collector):
     """Every relay metric, made at scrape time from the live counters."""
 
     def __init__(
-        self, relay: Relay, eio: Any, api: Any, edge: EdgeGuard, hooks: Webhooks | None
+        self,
+        relay: Relay,
+        eio: Any,
+        api: Any,
+        edge: EdgeGuard,
+        hooks: Webhooks | None,
+        connect_hook: ConnectHook | None = None,
     ) -> None:
         self.relay = relay
         self.eio = eio
         self.api = api
         self.edge = edge
         self.hooks = hooks
+        self.connect_hook = connect_hook
 
     def collect(self) -> Iterator[Metric]:
         relay, stats = self.relay, self.relay.stats
@@ -94,6 +102,8 @@ class RelayCollector(Collector):
             "Connections dropped for not reading (send buffer over RELAY_MAX_BUFFER)",
             value=flusher.slow_dropped,
         )
+        if self.connect_hook is not None:
+            yield from self._connect_hook(self.connect_hook)
         hooks = self.hooks
         if hooks is None:
             return
@@ -114,13 +124,36 @@ class RelayCollector(Collector):
             dropped.add_metric([cause], count)
         yield dropped
 
+    @staticmethod
+    def _connect_hook(hook: ConnectHook) -> Iterator[Metric]:
+        described = hook.describe()
+        yield GaugeMetricFamily(
+            "relay_connect_hook_in_flight",
+            "Connect hook requests waiting for the backend",
+            value=described["in_flight"],
+        )
+        decided = CounterMetricFamily(
+            "relay_connect_hook_decisions",
+            "Connects decided by the connect hook (failed and busy: refused unavailable)",
+            labels=["result"],
+        )
+        for result in ("allowed", "denied", "failed", "busy"):
+            decided.add_metric([result], described[result])
+        yield decided
+
 
 def route(
-    relay: Relay, eio: Any, api: Any, edge: EdgeGuard, hooks: Webhooks | None, settings: Settings
+    relay: Relay,
+    eio: Any,
+    api: Any,
+    edge: EdgeGuard,
+    hooks: Webhooks | None,
+    settings: Settings,
+    connect_hook: ConnectHook | None = None,
 ) -> Route:
     """The ``/metrics`` route, with its own registry (several apps may share a process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(relay, eio, api, edge, hooks))
+    registry.register(RelayCollector(relay, eio, api, edge, hooks, connect_hook))
     key = settings.metrics_key or settings.api_key
 
     async def metrics(request: Request) -> Response:
