@@ -23,11 +23,13 @@ app = typer.Typer()
 
 #: flag -> its Settings field (and parameter name); its variable is ``ENV_KEYS[field]``
 FLAGS = {"--host": "host", "--port": "port", "--log-level": "log_level",
-         "--max-payload": "max_payload", "--history-size": "history_size"}  # fmt: skip
+         "--max-payload": "max_payload", "--history-size": "history_size",
+         "--log-format": "log_format"}  # fmt: skip
 #: what ``--help`` shows as each flag's default: Settings' defaults, as a user would type them
 #: (tests/cli checks that each parses to the Settings default)
 DEFAULTS = {"--host": "127.0.0.1", "--port": "8000", "--log-level": "info",
-            "--max-payload": "64KiB", "--history-size": "1000"}  # fmt: skip
+            "--max-payload": "64KiB", "--history-size": "1000",
+            "--log-format": "text"}  # fmt: skip
 
 EPILOG = (
     "Every other setting comes from the environment: the limits each client is held to "
@@ -76,12 +78,16 @@ def serve(
     history_size: Annotated[
         str, _flag("--history-size", "N", "Messages kept per room.")
     ] = DEFAULTS["--history-size"],
+    log_format: Annotated[
+        str, _flag("--log-format", "FORMAT", "text, or json: one JSON object a line.")
+    ] = DEFAULTS["--log-format"],
 ) -> None:
     """Run relay (in-memory, one process) until Ctrl-C or SIGTERM."""
     from relay.server import run
 
     values = {"--host": host, "--port": port, "--log-level": log_level,
-              "--max-payload": max_payload, "--history-size": history_size}  # fmt: skip
+              "--max-payload": max_payload, "--history-size": history_size,
+              "--log-format": log_format}  # fmt: skip
     # A value Typer took from the environment is left to Settings, which names the variable.
     typed = {flag: value for flag, value in values.items() if from_command_line(ctx, FLAGS[flag])}
     try:
