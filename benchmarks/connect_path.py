@@ -19,8 +19,11 @@ import base64
 import os
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's relay
 
 from relay.limits import OFF
 from relay.server import RelayServer, uvicorn_config

@@ -17,7 +17,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -55,6 +60,7 @@ class RelayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         relay, stats = self.relay, self.relay.stats
         websocket = polling = 0
+        queued = {"websocket": 0, "polling": 0}
         for sock in list(self.eio.sockets.values()):
             if sock.closed:
                 continue
@@ -62,12 +68,21 @@ class RelayCollector(Collector):
                 websocket += 1
             else:
                 polling += 1
+            queued["websocket" if sock.upgraded else "polling"] += _queued(sock)
         connections = GaugeMetricFamily(
             "relay_connections", "Engine.IO sessions open, by transport", labels=["transport"]
         )
         connections.add_metric(["websocket"], websocket)
         connections.add_metric(["polling"], polling)
         yield connections
+        waiting = GaugeMetricFamily(
+            "relay_bytes_queued",
+            "Bytes accepted for connections and not yet taken by the kernel (or a poll)",
+            labels=["transport"],
+        )
+        for transport, size in queued.items():
+            waiting.add_metric([transport], size)
+        yield waiting
         yield GaugeMetricFamily(
             "relay_rooms", "Rooms with at least one member", value=relay.registry.room_count()
         )
@@ -87,6 +102,19 @@ class RelayCollector(Collector):
             "relay_deliveries",
             "Copies of messages put on connections (a publish to N members counts N)",
             value=stats["delivered"],
+        )
+        fanout = relay.fanout
+        by_kind = CounterMetricFamily(
+            "relay_deliveries_by_kind", "relay_deliveries, by kind (room; direct)", labels=["kind"]
+        )
+        by_kind.add_metric(["room"], fanout.deliveries)
+        by_kind.add_metric(["direct"], stats["delivered"] - fanout.deliveries)
+        yield by_kind
+        yield HistogramMetricFamily(
+            "relay_fanout_seconds",
+            "Time a publish takes in the core, every local recipient's frame queued included",
+            buckets=fanout.buckets(),
+            sum_value=fanout.total,
         )
         limited = CounterMetricFamily(
             "relay_rate_limited", "Requests answered rate_limited or refused", labels=["limit"]
@@ -140,6 +168,15 @@ class RelayCollector(Collector):
         for result in ("allowed", "denied", "failed", "busy"):
             decided.add_metric([result], described[result])
         yield decided
+
+
+def _queued(sock: Any) -> int:
+    """Bytes waiting for one session: its websocket's (relay.fastws, the transport's buffer
+    included), or its long-poll queue's."""
+    fast = getattr(sock, "fast", None)
+    if fast is not None:
+        return int(fast.buffered())
+    return int(getattr(sock.queue, "size", 0))
 
 
 def route(
