@@ -168,6 +168,10 @@ class ConnectHook:
             self.stats["failed"] += 1
             log.warning("connect hook failed: %s", exc.message)
             raise Unavailable("the backend that admits connections is unavailable; retry") from None
+        except Exception:  # a bug here must refuse the client, not leave it hanging
+            self.stats["failed"] += 1
+            log.exception("connect hook failed")
+            raise Unavailable("the backend that admits connections is unavailable; retry") from None
         finally:
             self.in_flight -= 1
         self.stats["allowed"] += 1
