@@ -24,11 +24,12 @@ app = typer.Typer()
 #: flag -> its Settings field (and parameter name); its variable is ``ENV_KEYS[field]``
 FLAGS = {"--host": "host", "--port": "port", "--log-level": "log_level",
          "--max-payload": "max_payload", "--history-size": "history_size",
-         "--workers": "workers"}  # fmt: skip
+         "--log-format": "log_format", "--workers": "workers"}  # fmt: skip
 #: what ``--help`` shows as each flag's default: Settings' defaults, as a user would type them
 #: (tests/cli checks that each parses to the Settings default)
 DEFAULTS = {"--host": "127.0.0.1", "--port": "8000", "--log-level": "info",
-            "--max-payload": "64KiB", "--history-size": "1000", "--workers": "0"}  # fmt: skip
+            "--max-payload": "64KiB", "--history-size": "1000",
+            "--log-format": "text", "--workers": "0"}  # fmt: skip
 
 EPILOG = (
     "Every other setting comes from the environment: the limits each client is held to "
@@ -77,6 +78,9 @@ def serve(
     history_size: Annotated[
         str, _flag("--history-size", "N", "Messages kept per room.")
     ] = DEFAULTS["--history-size"],
+    log_format: Annotated[
+        str, _flag("--log-format", "FORMAT", "text, or json: one JSON object a line.")
+    ] = DEFAULTS["--log-format"],
     workers: Annotated[
         str,
         _flag(
@@ -92,7 +96,7 @@ def serve(
 
     values = {"--host": host, "--port": port, "--log-level": log_level,
               "--max-payload": max_payload, "--history-size": history_size,
-              "--workers": workers}  # fmt: skip
+              "--log-format": log_format, "--workers": workers}  # fmt: skip
     # A value Typer took from the environment is left to Settings, which names the variable.
     typed = {flag: value for flag, value in values.items() if from_command_line(ctx, FLAGS[flag])}
     try:

@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from relay import __version__, envelope, handlers, metrics, names
+from relay import __version__, connecthook, envelope, handlers, metrics, names
 from relay.api import Api
 from relay.edge import EdgeGuard
 from relay.engine import RelayEngine
@@ -167,6 +167,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     sio = build_sio(settings)
     relay = Relay(settings, EngineIOTransport(sio.eio))
     handlers.register(sio, relay)
+    hook = connecthook.setup(sio, relay, settings)  # (None without RELAY_CONNECT_HOOK_URL)
     hooks = Webhooks(settings, envelope.now_ms) if settings.webhook_url else None
     if hooks is not None:
         relay.report_to(hooks)
@@ -193,6 +194,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         }
         if hooks is not None:
             body["webhooks"] = hooks.describe()
+        if hook is not None:
+            body["connect_hook"] = hook.describe()
         return JSONResponse(body)
 
     index_html = STATIC_DIR / "index.html"
@@ -257,13 +260,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await sio.shutdown()
             if hooks is not None:  # (after the drain: its disconnects are reported too)
                 await hooks.close(settings.shutdown_timeout)
+            if hook is not None:
+                await hook.close()
 
     sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
     routes = [
         *api.routes(),
         Route("/", index),
         Route("/healthz", healthz),
-        metrics.route(relay, sio.eio, api, edge, hooks, settings),
+        metrics.route(relay, sio.eio, api, edge, hooks, settings, hook),
         Mount("/socket.io", app=sio_app),  # (RelayApp answers these paths before routing)
     ]
     if STATIC_DIR.is_dir():

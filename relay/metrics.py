@@ -17,7 +17,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +30,7 @@ from starlette.routing import Route
 
 from relay import fastws
 from relay.api import error_response
+from relay.connecthook import ConnectHook
 from relay.edge import EdgeGuard
 from relay.errors import Unauthorized
 from relay.service import Relay
@@ -36,17 +42,25 @@ class RelayCollector(Collector):
     """Every relay metric, made at scrape time from the live counters."""
 
     def __init__(
-        self, relay: Relay, eio: Any, api: Any, edge: EdgeGuard, hooks: Webhooks | None
+        self,
+        relay: Relay,
+        eio: Any,
+        api: Any,
+        edge: EdgeGuard,
+        hooks: Webhooks | None,
+        connect_hook: ConnectHook | None = None,
     ) -> None:
         self.relay = relay
         self.eio = eio
         self.api = api
         self.edge = edge
         self.hooks = hooks
+        self.connect_hook = connect_hook
 
     def collect(self) -> Iterator[Metric]:
         relay, stats = self.relay, self.relay.stats
         websocket = polling = 0
+        queued = {"websocket": 0, "polling": 0}
         for sock in list(self.eio.sockets.values()):
             if sock.closed:
                 continue
@@ -54,12 +68,21 @@ class RelayCollector(Collector):
                 websocket += 1
             else:
                 polling += 1
+            queued["websocket" if sock.upgraded else "polling"] += _queued(sock)
         connections = GaugeMetricFamily(
             "relay_connections", "Engine.IO sessions open, by transport", labels=["transport"]
         )
         connections.add_metric(["websocket"], websocket)
         connections.add_metric(["polling"], polling)
         yield connections
+        waiting = GaugeMetricFamily(
+            "relay_bytes_queued",
+            "Bytes accepted for connections and not yet taken by the kernel (or a poll)",
+            labels=["transport"],
+        )
+        for transport, size in queued.items():
+            waiting.add_metric([transport], size)
+        yield waiting
         yield GaugeMetricFamily(
             "relay_rooms", "Rooms with at least one member", value=relay.registry.room_count()
         )
@@ -80,6 +103,19 @@ class RelayCollector(Collector):
             "Copies of messages put on connections (a publish to N members counts N)",
             value=stats["delivered"],
         )
+        fanout = relay.fanout
+        by_kind = CounterMetricFamily(
+            "relay_deliveries_by_kind", "relay_deliveries, by kind (room; direct)", labels=["kind"]
+        )
+        by_kind.add_metric(["room"], fanout.deliveries)
+        by_kind.add_metric(["direct"], stats["delivered"] - fanout.deliveries)
+        yield by_kind
+        yield HistogramMetricFamily(
+            "relay_fanout_seconds",
+            "Time a publish takes in the core, every local recipient's frame queued included",
+            buckets=fanout.buckets(),
+            sum_value=fanout.total,
+        )
         limited = CounterMetricFamily(
             "relay_rate_limited", "Requests answered rate_limited or refused", labels=["limit"]
         )
@@ -94,6 +130,8 @@ class RelayCollector(Collector):
             "Connections dropped for not reading (send buffer over RELAY_MAX_BUFFER)",
             value=flusher.slow_dropped,
         )
+        if self.connect_hook is not None:
+            yield from self._connect_hook(self.connect_hook)
         hooks = self.hooks
         if hooks is None:
             return
@@ -114,13 +152,45 @@ class RelayCollector(Collector):
             dropped.add_metric([cause], count)
         yield dropped
 
+    @staticmethod
+    def _connect_hook(hook: ConnectHook) -> Iterator[Metric]:
+        described = hook.describe()
+        yield GaugeMetricFamily(
+            "relay_connect_hook_in_flight",
+            "Connect hook requests waiting for the backend",
+            value=described["in_flight"],
+        )
+        decided = CounterMetricFamily(
+            "relay_connect_hook_decisions",
+            "Connects decided by the connect hook (failed and busy: refused unavailable)",
+            labels=["result"],
+        )
+        for result in ("allowed", "denied", "failed", "busy"):
+            decided.add_metric([result], described[result])
+        yield decided
+
+
+def _queued(sock: Any) -> int:
+    """Bytes waiting for one session: its websocket's (relay.fastws, the transport's buffer
+    included), or its long-poll queue's."""
+    fast = getattr(sock, "fast", None)
+    if fast is not None:
+        return int(fast.buffered())
+    return int(getattr(sock.queue, "size", 0))
+
 
 def route(
-    relay: Relay, eio: Any, api: Any, edge: EdgeGuard, hooks: Webhooks | None, settings: Settings
+    relay: Relay,
+    eio: Any,
+    api: Any,
+    edge: EdgeGuard,
+    hooks: Webhooks | None,
+    settings: Settings,
+    connect_hook: ConnectHook | None = None,
 ) -> Route:
     """The ``/metrics`` route, with its own registry (several apps may share a process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(relay, eio, api, edge, hooks))
+    registry.register(RelayCollector(relay, eio, api, edge, hooks, connect_hook))
     key = settings.metrics_key or settings.api_key
 
     async def metrics(request: Request) -> Response:

@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from relay import gctune
+from relay import gctune, logjson
 from relay.app import create_app, drain
 from relay.errors import ConfigError
 from relay.fastws import FastWebSocketProtocol, HttpProtocol
@@ -61,8 +61,9 @@ class RelayServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging setup, with relay's own logger printed the same way."""
+def log_config(level: str, fmt: str = "text") -> dict[str, Any]:
+    """uvicorn's logging setup, with relay's own logger printed the same way (``fmt``:
+    ``text``, uvicorn's lines, or ``json``, one object a line: relay.logjson)."""
     config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config["loggers"]["relay"] = {
         "handlers": ["default"],
@@ -75,7 +76,7 @@ def log_config(level: str) -> dict[str, Any]:
         "level": "DEBUG" if level in ("debug", "trace") else "WARNING",
         "propagate": False,
     }
-    return config
+    return logjson.json_config(config) if fmt == "json" else config
 
 
 #: seconds an idle keep-alive HTTP connection stays open between requests (uvicorn's timer;
@@ -99,7 +100,7 @@ def uvicorn_config(settings: Settings, **extra: Any) -> uvicorn.Config:
         ws_ping_timeout=None,
         ws_per_message_deflate=False,  # 2-6x worse broadcast latency, off in socket.io too
         lifespan="on",
-        log_config=log_config(settings.log_level),
+        log_config=log_config(settings.log_level, settings.log_format),
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
         # one line per HTTP request at info, as uvicorn users expect (websocket frames are
         # not requests; their connections log at debug: relay.ws)
@@ -165,7 +166,7 @@ def supervise(settings: Settings, sock: socket.socket, processes: int) -> int:
     import signal
     import time
 
-    logging.config.dictConfig(log_config(settings.log_level))
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
     stopping = False
 

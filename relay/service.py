@@ -11,11 +11,13 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relay import envelope
 from relay.auth import Identity
 from relay.errors import BadRequest, NotFound, RateLimited, Unavailable
+from relay.fanout import FanoutTimer
 from relay.history import History
 from relay.limits import Bucket, Rate
 from relay.recovery import Recovery, Session
@@ -70,6 +72,7 @@ class Relay:
             settings.recovery_ttl, settings.max_buffer, max_total=settings.recovery_max_bytes
         )
         self.stats = {"published": 0, "delivered": 0, "direct": 0, "rate_limited": 0}
+        self.fanout = FanoutTimer()
         #: whether publishes and directs have a rate to keep (the handlers' one check)
         self.publish_limited = settings.publish_rate.enabled or settings.delivery_rate.enabled
         #: (expiry in Unix seconds, sid) of connections whose token expires (a heap; entries of
@@ -222,6 +225,7 @@ class Relay:
         exclude_self: bool = False,
     ) -> envelope.Message:
         """Broadcast to every member of ``room``; the message gets the room's next offset."""
+        started = perf_counter()  # (relay.fanout: the publish's time, for /metrics)
         data_json = envelope.encode_data(data, self.settings.max_payload)
         if room not in self.history:
             self._room_for(room)
@@ -245,6 +249,7 @@ class Relay:
             self.recovery.to_room(room, message.packet)
         self.stats["published"] += 1
         self.stats["delivered"] += sent
+        self.fanout.observe(started, sent)
         return message
 
     def report_to(self, hooks: Webhooks) -> None:

@@ -16,6 +16,7 @@ from relay.errors import ConfigError
 from relay.limits import Rate, parse_rate
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -72,6 +73,22 @@ def parse_log_level(key: str, raw: str) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"{key}={raw!r} is not a log level (one of {', '.join(LOG_LEVELS)})")
     return level
+
+
+def parse_log_format(key: str, raw: str) -> str:
+    fmt = raw.strip().lower()
+    if fmt not in LOG_FORMATS:
+        raise ConfigError(f"{key}={raw!r} is not a log format (one of {', '.join(LOG_FORMATS)})")
+    return fmt
+
+
+def parse_header_names(key: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated HTTP header names (``Cookie,X-Tenant``), kept lowercase."""
+    headers = tuple(dict.fromkeys(h.strip().lower() for h in raw.split(",") if h.strip()))
+    for header in headers:
+        if not re.fullmatch(r"[a-z0-9!#$%&'*+\-.^_`|~]{1,64}", header):
+            raise ConfigError(f"{key}={raw!r}: {header!r} is not an HTTP header name")
+    return headers
 
 
 def parse_origins(key: str, raw: str) -> tuple[str, ...]:
@@ -200,6 +217,17 @@ class Settings:
     webhook_retry_for: float = 60.0
     #: the key GET /metrics needs (as a bearer token); unset: RELAY_API_KEY, when that is set
     metrics_key: str | None = None
+    # -- the connect hook (relay.connecthook): on when a URL is set; signed like webhooks --
+    connect_hook_url: str | None = None
+    #: the key requests are signed with; unset: RELAY_WEBHOOK_SECRET
+    connect_hook_secret: str | None = None
+    #: seconds the backend has to answer; handshake headers passed along (lowercase names)
+    connect_hook_timeout: float = 3.0
+    connect_hook_headers: tuple[str, ...] = ()
+    #: hook requests in flight at once; a connect past it is refused ``unavailable``
+    connect_hook_concurrency: int = 100
+    #: ``text`` (uvicorn's lines) or ``json`` (one object a line: relay.logjson)
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
@@ -262,6 +290,8 @@ class Settings:
             ("RELAY_WEBHOOK_LINGER", self.webhook_linger, 0),
             ("RELAY_WEBHOOK_TIMEOUT", self.webhook_timeout, 0.01),
             ("RELAY_WEBHOOK_RETRY_FOR", self.webhook_retry_for, 0),
+            ("RELAY_CONNECT_HOOK_TIMEOUT", self.connect_hook_timeout, 0.01),
+            ("RELAY_CONNECT_HOOK_CONCURRENCY", self.connect_hook_concurrency, 1),
         ]
         for key, value, low in limits:
             if value < low:
@@ -289,6 +319,29 @@ class Settings:
                 "RELAY_WEBHOOK_URL is set but RELAY_WEBHOOK_SECRET is not: webhooks are signed"
                 " (set RELAY_WEBHOOK_SECRET, e.g. to the output of `openssl rand -hex 32`)"
             )
+
+        self._check_connect_hook(given)
+
+    def _check_connect_hook(self, given: Mapping[str, str]) -> None:
+        if self.connect_hook_url is None:
+            return
+        if self.connect_hook_secret is None and self.webhook_secret is None:
+            raise ConfigError(
+                "RELAY_CONNECT_HOOK_URL is set but neither RELAY_CONNECT_HOOK_SECRET nor"
+                " RELAY_WEBHOOK_SECRET is: hook requests are signed (set one, e.g. to the"
+                " output of `openssl rand -hex 32`)"
+            )
+        if self.connect_hook_timeout >= self.connect_timeout:
+            shown = given.get("RELAY_CONNECT_HOOK_TIMEOUT", self.connect_hook_timeout)
+            raise ConfigError(
+                f"RELAY_CONNECT_HOOK_TIMEOUT={shown!r} must be shorter than"
+                f" RELAY_CONNECT_TIMEOUT ({self.connect_timeout:g} s): a client waits for both"
+            )
+
+    @property
+    def connect_hook_key(self) -> str | None:
+        """The secret hook requests are signed with (its own, else the webhooks')."""
+        return self.connect_hook_secret or self.webhook_secret
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -336,4 +389,10 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "webhook_timeout": ("RELAY_WEBHOOK_TIMEOUT", parse_duration),
     "webhook_retry_for": ("RELAY_WEBHOOK_RETRY_FOR", parse_duration),
     "metrics_key": ("RELAY_METRICS_KEY", parse_optional),
+    "connect_hook_url": ("RELAY_CONNECT_HOOK_URL", parse_url),
+    "connect_hook_secret": ("RELAY_CONNECT_HOOK_SECRET", parse_optional),
+    "connect_hook_timeout": ("RELAY_CONNECT_HOOK_TIMEOUT", parse_duration),
+    "connect_hook_headers": ("RELAY_CONNECT_HOOK_HEADERS", parse_header_names),
+    "connect_hook_concurrency": ("RELAY_CONNECT_HOOK_CONCURRENCY", parse_int),
+    "log_format": ("RELAY_LOG_FORMAT", parse_log_format),
 }

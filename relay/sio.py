@@ -24,7 +24,7 @@ word); a session that is closing accepts no CONNECT; and a session left without 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
@@ -158,6 +158,9 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
 
     #: admits connections on "/" when connection state recovery is on (relay.handlers)
     gate: Callable[[Any], Admission] | None = None
+    #: admits connections on "/" by awaiting (relay.connecthook), when ``gate`` is None:
+    #: given the auth and the Engine.IO sid; raises ConnectionRefusedError to refuse
+    async_gate: Callable[[Any, str], Awaitable[Admission]] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -208,11 +211,18 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         if not self._session_open(eio_sid):
             return  # (python-socketio would connect a closing session: a connection never freed)
         gate = self.gate
-        if gate is None or (namespace or "/") != "/":
+        async_gate = self.async_gate
+        if (namespace or "/") != "/" or (gate is None and async_gate is None):
             await super()._handle_connect(eio_sid, namespace, data)
             return
         try:
-            admission = gate(data)
+            if gate is not None:
+                admission = gate(data)
+            else:
+                assert async_gate is not None
+                admission = await async_gate(data, eio_sid)
+                if not self._session_open(eio_sid):
+                    return  # (it went while its admission was awaited)
         except socketio.exceptions.ConnectionRefusedError as exc:
             refused = self.packet_class(sio_packet.CONNECT_ERROR, data=exc.error_args)
             await self._send_packet(eio_sid, refused)

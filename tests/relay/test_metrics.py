@@ -108,3 +108,48 @@ async def test_open_metrics_without_any_key() -> None:
         async with httpx.AsyncClient(base_url=live.url) as http:
             answer = await http.get("/metrics")
     assert answer.status_code == 200 and "relay_rooms" in answer.text
+
+
+async def test_fanout_deliveries_by_kind_and_bytes_queued(made: list[Peers]) -> None:
+    """The histogram counts each publish once (not per recipient), deliveries split by kind,
+    and the bytes a long-poll has not fetched show as queued until it polls."""
+    room = unique()
+    with serve_in_thread(Settings(publish_rate=OFF)) as live:
+        ws = Peers(live.url, "websocket")
+        made.append(ws)
+        members = [await ws(f"m{i}") for i in range(3)]
+        for m in members:
+            await m.ok("join", {"room": room})
+        for i in range(4):
+            await members[0].ok("publish", {"room": room, "data": i})
+        await members[0].ok("direct", {"user": "m1", "data": "x"})
+        await members[0].ok("direct", {"to": members[2].sid, "data": "y"})
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            assert (await http.post(f"/api/v1/rooms/{room}/events", json={"data": 9})).is_success
+            # a long-poll session that joins and then does not poll: its ack waits, queued
+            opened = await http.get("/socket.io/?EIO=4&transport=polling")
+            sid = opened.text.split('"sid":"', 1)[1].split('"', 1)[0]
+            path = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+            assert (await http.post(path, content="40")).text == "OK"
+            assert (await http.get(path)).text.startswith("40")
+            assert (await http.post(path, content='421["join",{"room":"q"}]')).text == "OK"
+            queued = samples((await http.get("/metrics")).text)
+            got = await http.get(path)
+            assert got.text.startswith("431[")  # the ack that was queued
+            drained = samples((await http.get("/metrics")).text)
+    assert value(queued, "relay_bytes_queued", transport="polling") >= len(got.text)
+    assert value(drained, "relay_bytes_queued", transport="polling") == 0
+    assert value(drained, "relay_bytes_queued", transport="websocket") >= 0
+    assert value(drained, "relay_deliveries_by_kind_total", kind="room") == 5 * 3
+    assert value(drained, "relay_deliveries_by_kind_total", kind="direct") == 2
+    assert value(drained, "relay_deliveries_total") == 5 * 3 + 2
+    assert value(drained, "relay_fanout_seconds_count") == 5  # per publish, not per recipient
+    assert 0 < value(drained, "relay_fanout_seconds_sum") < 5
+    buckets = sorted(
+        (float(dict(labels)["le"]), v)
+        for (name, labels), v in drained.items()
+        if name == "relay_fanout_seconds_bucket"
+    )
+    assert len(buckets) == 15 and buckets[-1] == (float("inf"), 5)
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts)  # cumulative

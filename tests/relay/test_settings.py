@@ -73,12 +73,29 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("RELAY_WEBHOOK_TIMEOUT", "2s", "webhook_timeout", 2.0),
     ("RELAY_WEBHOOK_RETRY_FOR", "1m", "webhook_retry_for", 60.0),
     ("RELAY_METRICS_KEY", "scrape", "metrics_key", "scrape"),
+    (
+        "RELAY_CONNECT_HOOK_URL",
+        "https://example.com/connect",
+        "connect_hook_url",
+        "https://example.com/connect",
+    ),
+    ("RELAY_CONNECT_HOOK_SECRET", "hksec", "connect_hook_secret", "hksec"),
+    ("RELAY_CONNECT_HOOK_TIMEOUT", "500ms", "connect_hook_timeout", 0.5),
+    (
+        "RELAY_CONNECT_HOOK_HEADERS",
+        "Cookie, X-Tenant,cookie",
+        "connect_hook_headers",
+        ("cookie", "x-tenant"),
+    ),
+    ("RELAY_CONNECT_HOOK_CONCURRENCY", "8", "connect_hook_concurrency", 8),
+    ("RELAY_LOG_FORMAT", "JSON", "log_format", "json"),
 ]
 
 #: variables that only make sense with another one set (RELAY_SECRET needs RELAY_API_KEY)
 COMPANIONS = {
     "RELAY_SECRET": {"RELAY_API_KEY": "key"},
     "RELAY_WEBHOOK_URL": {"RELAY_WEBHOOK_SECRET": "whsec"},
+    "RELAY_CONNECT_HOOK_URL": {"RELAY_CONNECT_HOOK_SECRET": "hksec"},
 }
 
 INVALID: list[tuple[str, str]] = [
@@ -126,6 +143,11 @@ INVALID: list[tuple[str, str]] = [
     ("RELAY_WEBHOOK_BATCH", "none"),
     ("RELAY_WEBHOOK_TIMEOUT", "0"),
     ("RELAY_WEBHOOK_RETRY_FOR", "forever"),
+    ("RELAY_CONNECT_HOOK_URL", "ftp://example.com"),
+    ("RELAY_CONNECT_HOOK_TIMEOUT", "0"),
+    ("RELAY_CONNECT_HOOK_HEADERS", "X Tenant"),
+    ("RELAY_CONNECT_HOOK_CONCURRENCY", "0"),
+    ("RELAY_LOG_FORMAT", "xml"),
 ]
 
 
