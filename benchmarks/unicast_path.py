@@ -28,12 +28,14 @@ import os
 import pstats
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import orjson
 import uvloop
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's relay
 from relay.limits import OFF
 from relay.server import RelayServer, uvicorn_config
 from relay.settings import Settings
