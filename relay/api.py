@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match, Route
 
 from relay import names
+from relay.deferred import Deferred
 from relay.errors import (
     BadRequest,
     Internal,
@@ -133,7 +134,11 @@ class Api:
             try:
                 self._authenticate(request)
                 self._throttle(request)
-                return await endpoint(request)
+                try:
+                    return await endpoint(request)
+                except Deferred as later:  # a backend that answers later (relay.deferred)
+                    ack = await later.task
+                    return json_response({k: v for k, v in ack.items() if k != "ok"})
             except RelayError as exc:
                 return error_response(exc)
             except ClientDisconnect:

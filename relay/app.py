@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from relay import __version__, handlers, names
 from relay.api import Api
+from relay.backends import make_relay
 from relay.edge import EdgeGuard
 from relay.engine import RelayEngine
 from relay.errors import Unauthorized
@@ -164,23 +165,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     settings.check()  # (settings built in code skip from_env's checks: e.g. a secret, no key)
     sio = build_sio(settings)
-    relay = Relay(settings, EngineIOTransport(sio.eio))
+    relay = make_relay(settings, EngineIOTransport(sio.eio))  # (memory, or Redis: REDIS_URL)
     handlers.register(sio, relay)
     edge = EdgeGuard(settings)
     sio.eio.edge = edge  # (new sessions are held to the per-IP connect rate)
     started = time.monotonic()
 
     async def healthz(request: Request) -> Response:
+        backends = relay.health()
+        usable = all(state == "ok" for state in backends.values())
         body = {
-            "status": "ok",
+            "status": "ok" if usable else "unavailable",
             "version": __version__,
             "uptime_s": round(time.monotonic() - started, 1),
-            "backends": {"memory": "ok"},
+            "backends": backends,
             **relay.describe(),
             "api_rate_limited": api.rate_limited,
             "edge": edge.describe(),
         }
-        return JSONResponse(body)
+        return JSONResponse(body, status_code=200 if usable else 503)
 
     index_html = STATIC_DIR / "index.html"
     page = IndexPage(index_html, settings) if index_html.is_file() else None
@@ -202,7 +205,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             task = asyncio.create_task(job, name=name)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-        log.info("relay %s ready (in-memory)", __version__)
+        await relay.start()
+        log.info("relay %s ready (%s)", __version__, relay.backend)
         if settings.secret is None and not _loopback(settings.host):
             log.warning(
                 "OPEN MODE ON A PUBLIC INTERFACE: relay listens on %s without RELAY_SECRET, so"
@@ -211,19 +215,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 settings.host,
                 "" if settings.api_key else ", and use the HTTP API",
             )
-        if settings.web_concurrency > 1:
+        if settings.web_concurrency > 1 and settings.redis_url is None:
             log.warning(
                 "WEB_CONCURRENCY=%d, but relay runs one process: its rooms, history and"
                 " connections live in memory, and several processes would be separate relays"
                 " that do not see each other's clients. Scale up (a bigger dyno), not out",
                 settings.web_concurrency,
-            )
-        if settings.redis_url:
-            # (a Heroku Redis add-on sets REDIS_URL for every dyno: refusing to start would
-            # take down a one-dyno app that merely has one attached)
-            log.warning(
-                "REDIS_URL is set, but this relay does not fan out through Redis yet: each"
-                " process is a separate relay, so run exactly one"
             )
         try:
             yield
@@ -234,6 +231,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await asyncio.wait(tasks, timeout=5)
             await drain(sio)
             await sio.shutdown()
+            await relay.stop()
 
     sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
     routes = [

@@ -140,7 +140,9 @@ class Relay:
 
     # -- events --------------------------------------------------------------------------------
 
-    def join(self, sid: str, room: str, since: int | None) -> dict[str, Any]:
+    def join(
+        self, sid: str, room: str, since: int | None, epoch: str | None = None
+    ) -> dict[str, Any]:
         member = self.member(sid)
         member.identity.check_room(room, "join")
         self.throttle_join(member)
@@ -355,6 +357,21 @@ class Relay:
 
     def next_expiry(self) -> float | None:
         return self._expiring[0][0] if self._expiring else None
+
+    # -- backend lifecycle (a cluster backend overrides these: relay.backends) -----------------
+
+    #: what the start-up line calls this backend
+    backend = "in-memory"
+
+    async def start(self) -> None:
+        """Start the backend's background work (the memory backend has none)."""
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` started."""
+
+    def health(self) -> dict[str, str]:
+        """Each backend's state for ``/healthz``: ``"ok"``, or what is wrong."""
+        return {"memory": "ok"}
 
     # -- housekeeping --------------------------------------------------------------------------
 
