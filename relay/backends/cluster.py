@@ -118,6 +118,8 @@ class ClusterRelay(Relay):
         self.feeds: dict[str, Feed] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reaped = 0
+        #: heartbeats sent (each followed by a look for dead nodes)
+        self.heartbeats = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -633,6 +635,7 @@ class ClusterRelay(Relay):
                         key = f"relay:node:{other}:alive"
                         if not await self._cmd("exists", key):
                             await self._reap(other)
+                self.heartbeats += 1
             except Unavailable:
                 continue  # (logged by the bus; the node is unhealthy meanwhile)
 
@@ -681,6 +684,7 @@ class ClusterRelay(Relay):
                 "rooms_followed": len(self.feeds),
                 "redis_reconnects": self.bus.reconnects,
                 "nodes_reaped": self.reaped,
+                "heartbeats": self.heartbeats,
             },
         }
 

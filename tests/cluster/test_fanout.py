@@ -71,3 +71,36 @@ async def test_two_publishers_on_two_nodes_share_one_order(nodes: Nodes, clients
             seq = [env["data"][1] for env in got if env["data"][0] == tag]
             assert seq == list(range(n))
         assert not [e for e, _ in peer.pending() if e == "message"]
+
+
+async def followed(url: str) -> int:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        count: int = (await http.get("/healthz")).json()["cluster"]["rooms_followed"]
+        return count
+
+
+async def test_a_node_follows_a_room_only_while_it_has_members_there(
+    nodes: Nodes, clients: Peers
+) -> None:
+    a, b = nodes.start(), nodes.start()
+    room = unique()
+    alice = await clients(url=a.url)
+    bob = await clients(url=b.url)
+    await alice.ok("join", {"room": room})
+    await alice.ok("publish", {"room": room, "data": 1})  # (b has no member: not subscribed)
+    assert await followed(a.url) == 1 and await followed(b.url) == 0
+    await bob.ok("join", {"room": room})
+    assert await followed(b.url) == 1
+    await bob.ok("leave", {"room": room})
+    assert await followed(b.url) == 0
+    await alice.ok("publish", {"room": room, "data": 2})
+    await bob.ok("join", {"room": room, "since": 0})  # the history is there all the same
+    got = [x for e, x in bob.pending() if e == "message"]
+    assert [m["data"] for m in got] == [1, 2]
+    await bob.sio.disconnect()
+    async with httpx.AsyncClient(base_url=b.url, timeout=10) as http:
+        for _ in range(200):  # (the disconnect is handled after the client's side returns)
+            if (await http.get("/healthz")).json()["cluster"]["rooms_followed"] == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert await followed(b.url) == 0
