@@ -28,7 +28,6 @@ from relay.errors import (
     TooLarge,
     Unauthorized,
 )
-from relay.history import History
 from relay.limits import Buckets
 from relay.service import HTTP_SENDER, Relay
 from relay.settings import Settings
@@ -242,7 +241,8 @@ class Api:
         room = names.room_name(request.path_params["room"])
         since = _query_int(request, "since", 0, 0, 2**63 - 1)
         limit = _query_int(request, "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
-        body = _history_body(self.relay.history, room, since, limit)
+        first = await _read(self.relay, room, since, min(HISTORY_CHUNK, limit))
+        body = _history_body(self.relay, room, first, since, limit)
         return StreamingResponse(body, media_type="application/json")
 
 
@@ -250,10 +250,20 @@ class Api:
 HISTORY_CHUNK = 16
 
 
+async def _read(relay: Relay, room: str, since: int, limit: int) -> list[tuple[int, str]]:
+    """One chunk of ``room``'s history after ``since``: (offset, envelope JSON) pairs."""
+    try:
+        return relay.history_page(room, since, limit)
+    except Deferred as later:  # a backend that answers later (relay.deferred)
+        chunk: list[tuple[int, str]] = await later.task
+        return chunk
+
+
 async def _history_body(
-    history: History, room: str, since: int, limit: int
+    relay: Relay, room: str, chunk: list[tuple[int, str]], since: int, limit: int
 ) -> AsyncIterator[bytes]:
-    """A history page's JSON, a few envelopes at a time, read from history as it goes.
+    """A history page's JSON, a few envelopes at a time, read from history as it goes
+    (``chunk`` is the first few, read before the answer starts: an error can still be one).
 
     The server's send waits for the client to read (uvicorn's flow control) between chunks,
     and nothing of the page is held in between, so a page of 1,000 large messages that is
@@ -262,12 +272,12 @@ async def _history_body(
     """
     yield b'{"room":' + orjson.dumps(room) + b',"messages":['
     sent = 0
-    while sent < limit:
-        chunk = history.page(room, since, min(HISTORY_CHUNK, limit - sent))
-        if not chunk:
-            break
-        text = ",".join(m.envelope_json() for m in chunk)
+    while chunk:
+        text = ",".join(envelope for _, envelope in chunk)
         yield (text if sent == 0 else "," + text).encode()
         sent += len(chunk)
-        since = chunk[-1].offset or since
+        since = chunk[-1][0]
+        if sent >= limit:
+            break
+        chunk = await _read(relay, room, since, min(HISTORY_CHUNK, limit - sent))
     yield b"]}"

@@ -20,9 +20,10 @@ from typing import Any
 
 
 class Deferred(Exception):  # (not an error: control flow between the core and its caller)
-    """The answer is ``task``'s result (an ack dict), or the RelayError it raises."""
+    """The answer is ``task``'s result (an ack dict; for the HTTP API's history, a page), or
+    the RelayError it raises."""
 
-    def __init__(self, task: asyncio.Task[dict[str, Any]]) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
         super().__init__("answered later")
         self.task = task
 

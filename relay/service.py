@@ -251,6 +251,10 @@ class Relay:
         self.stats["delivered"] += delivered
         return message, delivered
 
+    def history_page(self, room: str, since: int, limit: int) -> list[tuple[int, str]]:
+        """The oldest ``limit`` messages of ``room`` after ``since``: (offset, envelope JSON)."""
+        return [(m.offset or 0, m.envelope_json()) for m in self.history.page(room, since, limit)]
+
     def presence(self, room: str) -> dict[str, Any]:
         members = [m.as_dict() for m in self.registry.members(room)]
         return {"ok": True, "room": room, "members": members}

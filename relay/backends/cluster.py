@@ -161,7 +161,7 @@ class ClusterRelay(Relay):
         if exc is not None and not isinstance(exc, RelayError):
             log.error("cluster task failed", exc_info=exc)
 
-    def _later(self, job: Coroutine[Any, Any, dict[str, Any]]) -> Deferred:
+    def _later(self, job: Coroutine[Any, Any, Any]) -> Deferred:
         return Deferred(self.spawn(job))
 
     def _need_redis(self) -> None:
@@ -366,6 +366,26 @@ class ClusterRelay(Relay):
             m = orjson.loads(value)
             members.append({"sid": m["sid"], "user": m["user"]})
         return {"ok": True, "room": room, "members": members}
+
+    def history_page(self, room: str, since: int, limit: int) -> list[tuple[int, str]]:
+        self._need_redis()
+        raise self._later(self._history_page(room, since, limit))
+
+    async def _history_page(self, room: str, since: int, limit: int) -> list[tuple[int, str]]:
+        key = _key(room, "log")
+        cutoff = envelope.now_ms() - int(self.settings.history_ttl * 1000)
+        page: list[tuple[int, str]] = []
+        while not page:
+            entries = await self._cmd("xrange", key, f"{since + 1}-0", "+", limit)
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                since = _offset(entry_id)
+                if int(fields.get("t", 0)) < cutoff:
+                    continue  # (past RELAY_HISTORY_TTL: the oldest, so read on)
+                packet = fields["p"]  # 2["<event>",{envelope}]: event names need no escapes
+                page.append((since, packet[packet.index('",') + 2 : -1]))
+        return page
 
     def _announce(self, room: str, action: str, member: Member) -> None:
         super()._announce(room, action, member)

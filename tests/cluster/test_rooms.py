@@ -145,3 +145,29 @@ async def test_presence_and_member_counts_across_nodes(nodes: Nodes, clients: Pe
     assert arg["action"] == "leave" and arg["member"]["user"] == "bob"
     listed = await alice.ok("presence", {"room": room})
     assert [m["user"] for m in listed["members"]] == ["alice"]
+
+
+async def test_http_history_pages_a_room_published_on_other_nodes(
+    nodes: Nodes, clients: Peers
+) -> None:
+    a, b = nodes.start(RELAY_HISTORY_SIZE="30"), nodes.start(RELAY_HISTORY_SIZE="30")
+    room = unique()
+    alice = await clients(url=a.url)
+    for i in range(40):
+        await alice.ok("publish", {"room": room, "data": i})
+    async with httpx.AsyncClient(base_url=b.url, timeout=10) as http:
+        r = await http.get(f"/api/v1/rooms/{room}/history", params={"limit": 1000})
+        assert r.status_code == 200
+        got = r.json()["messages"]
+        assert [m["offset"] for m in got] == list(range(11, 41))  # trimmed to the last 30
+        assert [m["data"] for m in got] == list(range(10, 40))
+        r = await http.get(f"/api/v1/rooms/{room}/history", params={"since": 35, "limit": 3})
+        assert [m["offset"] for m in r.json()["messages"]] == [36, 37, 38]
+        r = await http.get(f"/api/v1/rooms/{unique()}/history")
+        assert r.json()["messages"] == []
+    bob = await clients(url=b.url)
+    ack, replay = await join_recording(bob, {"room": room, "since": 5})
+    assert [m["offset"] for m in replay] == list(range(11, 41))
+    assert ack["recovered"] is False  # 6..10 were trimmed
+    ack, replay = await join_recording(await clients(url=b.url), {"room": room, "since": 10})
+    assert len(replay) == 30 and ack["recovered"] is True
