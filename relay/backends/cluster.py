@@ -118,6 +118,8 @@ class ClusterRelay(Relay):
         self.feeds: dict[str, Feed] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reaped = 0
+        #: messages a feed delivered from the stream (gaps), not from the channel
+        self.filled = 0
         #: heartbeats sent (each followed by a look for dead nodes)
         self.heartbeats = 0
 
@@ -165,7 +167,7 @@ class ClusterRelay(Relay):
         return Deferred(self.spawn(job))
 
     def _need_redis(self) -> None:
-        if not self.bus.healthy:
+        if not self.bus.reachable:
             raise Unavailable(f"Redis is unavailable ({self.bus.state()})")
 
     # -- connections ---------------------------------------------------------------------------
@@ -555,6 +557,7 @@ class ClusterRelay(Relay):
                         if offset > feed.last:
                             self._deliver(feed.room, packet, skip)
                             feed.last = offset
+                            self.filled += 1
                     feed.last = max(feed.last, upto)
                 self._drain(feed)
                 if not feed.pending:
@@ -575,7 +578,7 @@ class ClusterRelay(Relay):
         message, delivered = super().direct(sender, to=to, user=user, event=event, data=data)
         if to is not None and delivered:
             return message, delivered  # a connection of this node: no Redis needed
-        if not self.bus.healthy:
+        if not self.bus.reachable:
             if to is not None:
                 raise Unavailable(f"Redis is unavailable ({self.bus.state()})")
             return message, delivered  # this node's connections of the user had it
@@ -705,6 +708,7 @@ class ClusterRelay(Relay):
                 "redis_reconnects": self.bus.reconnects,
                 "nodes_reaped": self.reaped,
                 "heartbeats": self.heartbeats,
+                "gap_filled": self.filled,
             },
         }
 

@@ -116,6 +116,12 @@ class Bus:
         await self.client.aclose()
 
     @property
+    def reachable(self) -> bool:
+        """False when both the subscription and the last commands failed: a call would fail
+        too (while only the subscription reconnects, commands still work)."""
+        return self.problem is None or self._commands_ok
+
+    @property
     def healthy(self) -> bool:
         return self.problem is None and self._commands_ok
 
