@@ -139,10 +139,18 @@ class ClusterRelay(Relay):
         log.info("cluster node %s on %s", self.node, self.bus.where)
 
     async def stop(self) -> None:
+        """Shut down (after the server closed every connection, whose leaves are queued):
+        send what is queued, then take this node out of the cluster, so nobody reaps it."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        if self.bus.reachable:
+            node = self.node
+            keys = [f"relay:node:{node}:{what}" for what in ("alive", "sids", "rooms")]
+            self.bus.send(lambda pipe: pipe.delete(*keys))
+            self.bus.send(lambda pipe: pipe.srem(NODES, node))
+            await self.bus.flush()
         await self.bus.stop()
 
     def health(self) -> dict[str, str]:

@@ -104,6 +104,14 @@ class Bus:
         if channel not in self._channels:
             self._channels[channel] = asyncio.get_running_loop().create_future()
 
+    async def flush(self, timeout: float = CALL_TIMEOUT_S) -> None:
+        """Wait (at most ``timeout`` seconds) until every queued call was sent."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.join()
+        except TimeoutError:
+            log.warning("%d Redis calls were not sent before shutdown", self._queue.qsize())
+
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -170,8 +178,12 @@ class Bus:
                 self._commands_ok = False
                 log.warning("Redis commands failed (%s): %s", self.where, exc or type(exc).__name__)
                 _fail(batch, Unavailable(f"Redis is unavailable: {exc or type(exc).__name__}"))
+                for _ in batch:
+                    queue.task_done()
                 continue
             self._commands_ok = True
+            for _ in batch:
+                queue.task_done()
             for (_, future), reply in zip(batch, replies, strict=True):
                 if future is None or future.done():
                     if isinstance(reply, Exception):

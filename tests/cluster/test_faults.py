@@ -165,3 +165,55 @@ async def test_lost_subscriptions_are_filled_from_history_in_order(
     states = [await cluster(url) for url in (a.url, b.url)]
     assert all(state["redis_reconnects"] >= 3 for state in states), states
     assert sum(state["gap_filled"] for state in states) > 0, states  # (the gaps were real)
+
+
+async def test_a_node_shut_down_leaves_the_cluster_tidy(nodes: Nodes, clients: Peers) -> None:
+    # SIGTERM: the node closes its connections, their leaves go out at once (not after the
+    # node timeout), and it takes itself out of the cluster: nobody has to reap it
+    a, b = nodes.start(), nodes.start(RELAY_NODE_TIMEOUT="1")
+    room = unique()
+    alice = await clients(url=a.url, user="alice")
+    bob = await clients(url=b.url, user="bob")
+    await alice.ok("join", {"room": room})
+    await bob.ok("join", {"room": room})
+    await alice.until(lambda e, a: e == "presence")
+    assert b.stop() == 0
+    got = await alice.until(lambda e, a: e == "presence")
+    assert got[-1][1]["action"] == "leave" and got[-1][1]["member"]["user"] == "bob"
+    listed = await alice.ok("presence", {"room": room})
+    assert [m["user"] for m in listed["members"]] == ["alice"]
+    admin = redis.Redis.from_url(nodes.redis.url, decode_responses=True)
+    try:
+        assert len(admin.smembers("relay:nodes")) == 1
+        assert admin.hlen("relay:conns") == 1
+    finally:
+        admin.close()
+
+
+async def test_a_frozen_redis_times_out_instead_of_stalling(nodes: Nodes, clients: Peers) -> None:
+    a = nodes.start()
+    room = unique()
+    alice = await clients(url=a.url)
+    await alice.ok("join", {"room": room})
+    proc = nodes.redis.proc
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        ack = await alice.call("publish", {"room": room, "data": 1})
+        assert ack["error"]["code"] == "unavailable", ack
+        assert time.monotonic() - started < 4  # (the 2 s deadline, not a hang)
+        started = time.monotonic()
+        r = await health(a.url)  # the event loop is free meanwhile
+        assert time.monotonic() - started < 1
+        assert r.status_code == 503, r.text
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+    async def healthy() -> bool:
+        return (await health(a.url)).status_code == 200
+
+    await poll(healthy, 10, "healthy after Redis thawed")
+    ack = await alice.ok("publish", {"room": room, "data": 2})
+    got = await alice.until(lambda e, a: e == "message" and a["data"] == 2)
+    assert got[-1][1]["offset"] == ack["offset"]
