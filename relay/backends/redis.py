@@ -85,7 +85,7 @@ class Bus:
         )
         self._channels: dict[str, asyncio.Future[None]] = {}
         self._pubsub: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         #: what is wrong, or None while commands and the subscription work
         self.problem: str | None = "not connected yet"
         self._commands_ok = True
@@ -149,7 +149,16 @@ class Bus:
             self._queue.put_nowait((apply, future))
         except asyncio.QueueFull:
             raise Unavailable(f"Redis is not keeping up: {QUEUE_SIZE} calls wait") from None
-        return await future
+        # the deadline counts from here: a call queued behind a batch Redis does not answer
+        # fails with it, and one not sent yet by then is never sent (the writer skips it)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                return future.result()  # (answered just as the deadline passed)
+            future.cancel()
+            raise Unavailable(f"Redis did not answer within {CALL_TIMEOUT_S:g} s") from None
 
     def send(self, apply: Apply) -> None:
         """Queue ``apply`` without waiting for its reply (state written in the background)."""
@@ -165,26 +174,27 @@ class Bus:
             batch = [await queue.get()]
             while len(batch) < BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
-            try:
-                async with asyncio.timeout(CALL_TIMEOUT_S):
-                    pipe = self.client.pipeline(transaction=False)
-                    for apply, _ in batch:
-                        apply(pipe)
-                    replies = await pipe.execute(raise_on_error=False)
-            except asyncio.CancelledError:
-                _fail(batch, Unavailable("relay is shutting down"))
-                raise
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._commands_ok = False
-                log.warning("Redis commands failed (%s): %s", self.where, exc or type(exc).__name__)
-                _fail(batch, Unavailable(f"Redis is unavailable: {exc or type(exc).__name__}"))
+            live = [item for item in batch if item[1] is None or not item[1].done()]
+            if not live:  # (every caller gave up waiting: nothing of it is sent)
                 for _ in batch:
                     queue.task_done()
                 continue
+            try:
+                replies = await self._send(live)
+            except asyncio.CancelledError:
+                _fail(live, Unavailable("relay is shutting down"))
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._commands_ok = False
+                why = str(exc) or type(exc).__name__
+                log.warning("Redis commands failed (%s): %s", self.where, why)
+                _fail(live, Unavailable(f"Redis is unavailable: {why}"))
+                continue
+            finally:
+                for _ in batch:
+                    queue.task_done()
             self._commands_ok = True
-            for _ in batch:
-                queue.task_done()
-            for (_, future), reply in zip(batch, replies, strict=True):
+            for (_, future), reply in zip(live, replies, strict=True):
                 if future is None or future.done():
                     if isinstance(reply, Exception):
                         log.warning("a Redis state write failed: %s", reply)
@@ -193,6 +203,28 @@ class Bus:
                     future.set_exception(Unavailable(f"Redis answered an error: {reply}"))
                 else:
                     future.set_result(reply)
+
+    async def _send(self, batch: list[tuple[Apply, asyncio.Future[Any] | None]]) -> list[Any]:
+        """``batch`` as one pipeline; its replies, or TimeoutError after :data:`CALL_TIMEOUT_S`
+        exactly (redis-py's own clean-up of the abandoned connection happens in the
+        background: it may take as long again, and nobody waits for it)."""
+        pipe = self.client.pipeline(transaction=False)
+        for apply, _ in batch:
+            apply(pipe)
+        job = asyncio.ensure_future(pipe.execute(raise_on_error=False))
+        try:
+            done, _ = await asyncio.wait({job}, timeout=CALL_TIMEOUT_S)
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        if not done:
+            job.cancel()
+            self._tasks.add(job)
+            job.add_done_callback(_abandoned)
+            job.add_done_callback(self._tasks.discard)
+            raise TimeoutError(f"Redis did not answer within {CALL_TIMEOUT_S:g} s")
+        replies: list[Any] = job.result()
+        return replies
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -302,6 +334,11 @@ class Bus:
             done = self._channels.get(channel)
             if done is not None and not done.done():
                 done.set_result(None)
+
+
+def _abandoned(job: asyncio.Future[Any]) -> None:
+    if not job.cancelled():
+        job.exception()  # (retrieved: it failed after its callers were answered)
 
 
 def _fail(batch: list[tuple[Apply, asyncio.Future[Any] | None]], exc: Exception) -> None:
