@@ -244,6 +244,8 @@ class ClusterRelay(Relay):
         feed = self.feeds.get(room)
         if feed is None or feed.joining or self.registry.occupied(room):
             return
+        if self.recovery.holds_room(room):
+            return  # a dropped connection of this node collects the room's traffic meanwhile
         del self.feeds[room]
         self.bus.unsubscribe(_key(room, "ch"))
         node = self.node
@@ -706,6 +708,12 @@ class ClusterRelay(Relay):
     async def _cmd(self, name: str, *args: Any, **options: Any) -> Any:
         """One Redis command through the bus: ``await self._cmd("hget", key, field)``."""
         return await self.bus.call(lambda pipe: getattr(pipe, name)(*args, **options))
+
+    def sweep(self) -> int:
+        dropped = super().sweep()
+        for room in list(self.feeds):  # (rooms followed only for sessions that expired)
+            self._maybe_unfollow(room)
+        return dropped
 
     def describe(self) -> dict[str, Any]:
         return {

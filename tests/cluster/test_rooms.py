@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 
 from tests.cluster.conftest import Nodes
 from tests.relay.conftest import Peer, Peers, unique
+from tests.relay.test_recovery import Raw
 
 
 def messages(events: list[tuple[str, Any]]) -> list[dict[str, Any]]:
@@ -171,3 +173,33 @@ async def test_http_history_pages_a_room_published_on_other_nodes(
     assert ack["recovered"] is False  # 6..10 were trimmed
     ack, replay = await join_recording(await clients(url=b.url), {"room": room, "since": 10})
     assert len(replay) == 30 and ack["recovered"] is True
+
+
+async def test_a_dropped_connection_recovers_what_other_nodes_published(
+    nodes: Nodes, clients: Peers
+) -> None:
+    # its node has no other member in the room: it keeps following the room for the held
+    # session, which gets, on reconnecting to the same node, what was published elsewhere
+    a, b = nodes.start(), nodes.start()
+    room = unique()
+    alice = await Raw.connect(SimpleNamespace(url=a.url), {"user": "alice"})  # type: ignore[arg-type]
+    bob = await clients(url=b.url, user="bob")
+    await alice.call("join", {"room": room})
+    await bob.ok("join", {"room": room})
+    await alice.vanish()
+    got = await bob.until(lambda e, a: e == "presence" and a["action"] == "leave")
+    assert got[-1][1]["member"]["sid"] == alice.sid
+    sent = [await bob.ok("publish", {"room": room, "data": i}) for i in range(3)]
+    back = await Raw.connect(SimpleNamespace(url=a.url), {"user": "alice", "pid": alice.pid})  # type: ignore[arg-type]
+    assert back.sid == alice.sid
+    events = await back.next_events(3)
+    assert [(env["data"], env["offset"]) for _, env in events] == [
+        (i, ack["offset"]) for i, ack in enumerate(sent)
+    ]
+    got = await bob.until(lambda e, a: e == "presence" and a["action"] == "join")
+    assert got[-1][1]["member"]["sid"] == alice.sid
+    listed = await bob.ok("presence", {"room": room})
+    assert sorted(m["user"] for m in listed["members"]) == ["alice", "bob"]
+    live = await bob.ok("publish", {"room": room, "data": "live"})
+    assert (await back.next_events(4))[3][1]["offset"] == live["offset"]
+    await back.goodbye()
