@@ -186,6 +186,8 @@ async def test_a_dropped_connection_recovers_what_other_nodes_published(
     bob = await clients(url=b.url, user="bob")
     await alice.call("join", {"room": room})
     await bob.ok("join", {"room": room})
+    ((event, arg),) = await alice.next_events(1)  # (bob's join reached node a before the drop)
+    assert event == "presence" and arg["member"]["user"] == "bob"
     await alice.vanish()
     got = await bob.until(lambda e, a: e == "presence" and a["action"] == "leave")
     assert got[-1][1]["member"]["sid"] == alice.sid
