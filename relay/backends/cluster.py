@@ -111,10 +111,10 @@ class ClusterRelay(Relay):
         self.node_channel = f"relay:node:{self.node}"
         client = connect(settings.redis_url, settings.redis_tls_verify)
         self.bus = Bus(client, describe(settings.redis_url), self._on_message, self._on_connect)
-        self._publish_script = client.register_script(scripts.PUBLISH)
-        self._join_script = client.register_script(scripts.JOIN)
-        self._direct_user_script = client.register_script(scripts.DIRECT_USER)
-        self._direct_sid_script = client.register_script(scripts.DIRECT_SID)
+        self._publish_script = self.bus.script(scripts.PUBLISH)
+        self._join_script = self.bus.script(scripts.JOIN)
+        self._direct_user_script = self.bus.script(scripts.DIRECT_USER)
+        self._direct_sid_script = self.bus.script(scripts.DIRECT_SID)
         self.feeds: dict[str, Feed] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reaped = 0
@@ -291,13 +291,7 @@ class ClusterRelay(Relay):
             max(1, self.settings.history_size),
             epoch or "",
         ]
-        script = self._join_script
-
-        def apply(pipe: Any) -> None:
-            pipe.scripts.add(script)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-
-        reply: list[Any] = await self.bus.call(apply)
+        reply: list[Any] = await self.bus.call(self._join_script.run(keys, args))
         return reply
 
     async def _join(
@@ -458,13 +452,7 @@ class ClusterRelay(Relay):
             self.node,
             skip,
         ]
-        script = self._publish_script
-
-        def apply(pipe: Any) -> None:
-            pipe.scripts.add(script)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-
-        reply = await self.bus.call(apply)
+        reply = await self.bus.call(self._publish_script.run(keys, args))
         self.stats["published"] += 1
         return {"ok": True, "id": message.id, "offset": int(reply[0])}
 
@@ -603,11 +591,7 @@ class ClusterRelay(Relay):
         else:
             script, keys, args = self._direct_user_script, [f"relay:user:{user}"], [node, packet]
 
-        def apply(pipe: Any) -> None:
-            pipe.scripts.add(script)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-
-        remote = int(await self.bus.call(apply))
+        remote = int(await self.bus.call(script.run(keys, args)))
         self.stats["delivered"] += remote
         return {"ok": True, "id": message.id, "delivered": local + remote}
 

@@ -16,6 +16,7 @@ back its state (a Redis that restarted empty knows nothing of it).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from relay.errors import Unavailable
@@ -44,6 +45,19 @@ BACKOFF_MAX_S = 2.0
 LISTEN_TICK_S = 1.0
 
 Apply = Callable[[Pipeline], Any]
+
+
+class Script:
+    """A Lua script run by its SHA1 (EVALSHA); the bus loads it into Redis when Redis lacks it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def run(self, keys: list[str], args: list[Any]) -> Apply:
+        """What adds this script's run on ``keys`` and ``args`` to a pipeline."""
+        sha, n = self.sha, len(keys)
+        return lambda pipe: pipe.evalsha(sha, n, *keys, *args)
 
 
 def connect(url: str, tls_verify: bool) -> aioredis.Redis:
@@ -84,6 +98,9 @@ class Bus:
             QUEUE_SIZE
         )
         self._channels: dict[str, asyncio.Future[None]] = {}
+        self._scripts: list[Script] = []
+        #: whether Redis is known to hold every script (loaded once per connection's life)
+        self._loaded = False
         self._pubsub: Any = None
         self._tasks: set[asyncio.Future[Any]] = set()
         #: what is wrong, or None while commands and the subscription work
@@ -98,6 +115,12 @@ class Bus:
     def start(self) -> None:
         self._spawn(self._write(), "relay-redis-writer")
         self._spawn(self._listen(), "relay-redis-pubsub")
+
+    def script(self, source: str) -> Script:
+        """A script this bus's calls may run (``bus.call(script.run(keys, args))``)."""
+        script = Script(source)
+        self._scripts.append(script)
+        return script
 
     def listen_to(self, channel: str) -> None:
         """Subscribe to ``channel`` from the next connection on, without waiting."""
@@ -208,10 +231,8 @@ class Bus:
         """``batch`` as one pipeline; its replies, or TimeoutError after :data:`CALL_TIMEOUT_S`
         exactly (redis-py's own clean-up of the abandoned connection happens in the
         background: it may take as long again, and nobody waits for it)."""
-        pipe = self.client.pipeline(transaction=False)
-        for apply, _ in batch:
-            apply(pipe)
-        job = asyncio.ensure_future(pipe.execute(raise_on_error=False))
+        # (owned: stop() cancels it, even when abandoned below)
+        job = self._spawn(self._execute([apply for apply, _ in batch]))
         try:
             done, _ = await asyncio.wait({job}, timeout=CALL_TIMEOUT_S)
         except asyncio.CancelledError:
@@ -219,11 +240,34 @@ class Bus:
             raise
         if not done:
             job.cancel()
-            self._tasks.add(job)
             job.add_done_callback(_abandoned)
-            job.add_done_callback(self._tasks.discard)
             raise TimeoutError(f"Redis did not answer within {CALL_TIMEOUT_S:g} s")
         replies: list[Any] = job.result()
+        return replies
+
+    async def _execute(self, applies: list[Apply]) -> list[Any]:
+        """One pipeline of ``applies``. Scripts run by SHA1 (one round trip); a Redis that
+        lost them (a restart) answers NOSCRIPT without running anything, so those are loaded
+        and run again."""
+        if not self._loaded:
+            for script in self._scripts:
+                await self.client.script_load(script.source)
+            self._loaded = True
+        pipe = self.client.pipeline(transaction=False)
+        for apply in applies:
+            apply(pipe)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        again = [i for i, reply in enumerate(replies) if _noscript(reply)]
+        if again:
+            self._loaded = False
+            for script in self._scripts:
+                await self.client.script_load(script.source)
+            self._loaded = True
+            pipe = self.client.pipeline(transaction=False)
+            for i in again:
+                applies[i](pipe)
+            for i, reply in zip(again, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
         return replies
 
     # -- subscriptions -------------------------------------------------------------------------
@@ -266,10 +310,11 @@ class Bus:
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("unsubscribing from %s failed: %s", channel, exc)
 
-    def _spawn(self, job: Any, name: str | None = None) -> None:
+    def _spawn(self, job: Any, name: str | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(job, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _listen(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -280,6 +325,7 @@ class Bus:
                 async with asyncio.timeout(CALL_TIMEOUT_S):
                     await pubsub.ping()  # (connects)
                     self._pubsub = pubsub  # (a subscribe() from now on goes straight to it)
+                    self._loaded = False  # (a Redis that restarted holds no script)
                     loop = asyncio.get_running_loop()
                     for channel, done in list(self._channels.items()):
                         if done.done():  # confirmed on a previous connection: wait again
@@ -334,6 +380,10 @@ class Bus:
             done = self._channels.get(channel)
             if done is not None and not done.done():
                 done.set_result(None)
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, NoScriptError)
 
 
 def _abandoned(job: asyncio.Future[Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import redis
 
+from relay.backends import scripts
 from tests.cluster.conftest import Nodes
 from tests.relay.conftest import Peers, unique
 
@@ -217,3 +219,37 @@ async def test_a_frozen_redis_times_out_instead_of_stalling(nodes: Nodes, client
     ack = await alice.ok("publish", {"room": room, "data": 2})
     got = await alice.until(lambda e, a: e == "message" and a["data"] == 2)
     assert got[-1][1]["offset"] == ack["offset"]
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(nodes: Nodes, clients: Peers) -> None:
+    # scripts run by their SHA1; a Redis that lost them answers NOSCRIPT, and the node loads
+    # them and runs the call again (once: the offsets have no gap and no duplicate)
+    a = nodes.start()
+    room = unique()
+    alice = await clients(url=a.url)
+    await alice.ok("join", {"room": room})
+    assert (await alice.ok("publish", {"room": room, "data": 1}))["offset"] == 1
+    admin = redis.Redis.from_url(nodes.redis.url)
+    try:
+        admin.script_flush()
+        assert admin.script_exists(*[_sha(s) for s in (scripts.PUBLISH, scripts.JOIN)]) == [
+            False,
+            False,
+        ]
+        acks = await asyncio.gather(
+            *(alice.ok("publish", {"room": room, "data": i}) for i in range(2, 12))
+        )
+        assert sorted(ack["offset"] for ack in acks) == list(range(2, 12))
+        assert admin.script_exists(_sha(scripts.PUBLISH)) == [True]
+    finally:
+        admin.close()
+    got = []
+    while len(got) < 11:
+        event, env = await alice.next()
+        if event == "message":
+            got.append(env["offset"])
+    assert got == list(range(1, 12))
+
+
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
