@@ -116,6 +116,8 @@ class ClusterRelay(Relay):
         self._direct_user_script = self.bus.script(scripts.DIRECT_USER)
         self._direct_sid_script = self.bus.script(scripts.DIRECT_SID)
         self.feeds: dict[str, Feed] = {}
+        #: (sid, room) -> the join of it under way
+        self._joins: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reaped = 0
         #: messages a feed delivered from the stream (gaps), not from the channel
@@ -276,7 +278,15 @@ class ClusterRelay(Relay):
                 f" (RELAY_MAX_ROOMS_PER_CONNECTION={limit}); leave one first"
             )
         self._need_redis()
-        raise self._later(self._join(member, room, since, epoch))
+        # a second join of the same room before the first is answered waits for it, and then
+        # finds the connection in the room (no second replay), as it would in memory
+        key = (sid, room)
+        task = self.spawn(self._join(member, room, since, epoch, self._joins.get(key)))
+        self._joins[key] = task
+        task.add_done_callback(
+            lambda done: self._joins.pop(key, None) if self._joins.get(key) is done else None
+        )
+        raise Deferred(task)
 
     async def _call_join(
         self, room: str, since: int, member: Member | None, epoch: str | None
@@ -295,8 +305,15 @@ class ClusterRelay(Relay):
         return reply
 
     async def _join(
-        self, member: Member, room: str, since: int | None, epoch: str | None
+        self,
+        member: Member,
+        room: str,
+        since: int | None,
+        epoch: str | None,
+        before: asyncio.Task[Any] | None = None,
     ) -> dict[str, Any]:
+        if before is not None:
+            await asyncio.wait({before})
         sid = member.sid
         feed = self._feed(room)
         feed.joining += 1

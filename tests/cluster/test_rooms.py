@@ -205,3 +205,20 @@ async def test_a_dropped_connection_recovers_what_other_nodes_published(
     live = await bob.ok("publish", {"room": room, "data": "live"})
     assert (await back.next_events(4))[3][1]["offset"] == live["offset"]
     await back.goodbye()
+
+
+async def test_two_joins_sent_at_once_replay_once(nodes: Nodes, clients: Peers) -> None:
+    a = nodes.start()
+    room = unique()
+    alice = await clients(url=a.url)
+    for i in range(5):
+        await alice.ok("publish", {"room": room, "data": i})
+    bob = await clients(url=a.url, transports=["polling"])  # (acks on long-polling too)
+    first, second = await asyncio.gather(
+        bob.ok("join", {"room": room, "since": 0}), bob.ok("join", {"room": room, "since": 0})
+    )
+    assert first["recovered"] is True and "recovered" not in second
+    assert first["members"] == second["members"] == 1
+    await alice.ok("publish", {"room": room, "data": "live"})
+    got = await bob.until(lambda e, a: e == "message" and a["data"] == "live")
+    assert [arg["offset"] for e, arg in got if e == "message"] == [1, 2, 3, 4, 5, 6]
