@@ -372,11 +372,22 @@ class ClusterRelay(Relay):
 
     def leave(self, sid: str, room: str) -> dict[str, Any]:
         member = self.member(sid)
+        joining = self._joins.get((sid, room))
+        if joining is not None:  # (it leaves after the join it sent first, as in memory)
+            raise self._later(self._leave_after(joining, sid, room))
         was_in = room in member.rooms
         ack = super().leave(sid, room)
         if was_in:
             self._left(room, sid)
         return ack
+
+    async def _leave_after(self, joining: asyncio.Task[Any], sid: str, room: str) -> dict[str, Any]:
+        await asyncio.wait({joining})
+        try:
+            return self.leave(sid, room)
+        except Deferred as again:  # (joined again meanwhile: after that one, then)
+            result: dict[str, Any] = await again.task
+            return result
 
     def presence(self, room: str) -> dict[str, Any]:
         self._need_redis()
@@ -448,11 +459,21 @@ class ClusterRelay(Relay):
         cut = packet.rfind('"offset":0,"ts":')
         head, tail = packet[: cut + 9], packet[cut + 10 :]
         skip = sender.sid if exclude_self and sender.sid is not None else "-"
-        raise self._later(self._publish(message, head, tail, skip))
+        # a publish sent after a join of the same room that is not answered yet goes after
+        # it, so the sender is a member when its message goes out (as in memory)
+        joining = self._joins.get((sender.sid, room)) if sender.sid is not None else None
+        raise self._later(self._publish(message, head, tail, skip, joining))
 
     async def _publish(
-        self, message: envelope.Message, head: str, tail: str, skip: str
+        self,
+        message: envelope.Message,
+        head: str,
+        tail: str,
+        skip: str,
+        joining: asyncio.Task[Any] | None = None,
     ) -> dict[str, Any]:
+        if joining is not None:
+            await asyncio.wait({joining})
         room = message.room
         assert room is not None
         settings = self.settings

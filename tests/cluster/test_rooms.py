@@ -222,3 +222,26 @@ async def test_two_joins_sent_at_once_replay_once(nodes: Nodes, clients: Peers) 
     await alice.ok("publish", {"room": room, "data": "live"})
     got = await bob.until(lambda e, a: e == "message" and a["data"] == "live")
     assert [arg["offset"] for e, arg in got if e == "message"] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_events_sent_without_waiting_keep_their_order(nodes: Nodes, clients: Peers) -> None:
+    # join then publish, back to back: the publisher is a member when its message goes out
+    # (it gets it); join then leave, back to back: it is not a member at the end
+    a = nodes.start()
+    room, other = unique(), unique()
+    alice = await clients(url=a.url)
+    watcher = await clients(url=a.url)
+    await watcher.ok("join", {"room": room})
+    await watcher.ok("join", {"room": other})
+    joined, published = await asyncio.gather(
+        alice.ok("join", {"room": room}), alice.ok("publish", {"room": room, "data": "mine"})
+    )
+    assert published["offset"] == 1 and joined["members"] == 2
+    got = await alice.until(lambda e, a: e == "message")
+    assert got[-1][1]["data"] == "mine"
+    joined, left = await asyncio.gather(
+        alice.ok("join", {"room": other}), alice.ok("leave", {"room": other})
+    )
+    assert joined["members"] == 2 and left["room"] == other
+    listed = await watcher.ok("presence", {"room": other})
+    assert [m["sid"] for m in listed["members"]] == [watcher.sid]
