@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match, Route
 
 from relay import __version__, apispec, names
+from relay.deferred import Deferred
 from relay.errors import (
     BadRequest,
     Internal,
@@ -27,7 +28,6 @@ from relay.errors import (
     TooLarge,
     Unauthorized,
 )
-from relay.history import History
 from relay.limits import Buckets
 from relay.service import HTTP_SENDER, Relay
 from relay.settings import Settings
@@ -122,7 +122,11 @@ class Api:
             try:
                 self._authenticate(request)
                 self._throttle(request)
-                return await endpoint(request)
+                try:
+                    return await endpoint(request)
+                except Deferred as later:  # a backend that answers later (relay.deferred)
+                    ack = await later.task
+                    return json_response({k: v for k, v in ack.items() if k != "ok"})
             except RelayError as exc:
                 return error_response(exc)
             except ClientDisconnect:
@@ -221,7 +225,9 @@ class Api:
         room = names.room_name(request.path_params["room"])
         since = apispec.HISTORY_SINCE.read(request.query_params)
         limit = apispec.HISTORY_LIMIT.read(request.query_params)
-        body = _history_body(self.relay.history, room, since, limit)
+        epoch = self.relay.history_epoch(room)
+        first = await _read(self.relay, room, since, min(HISTORY_CHUNK, limit))
+        body = _history_body(self.relay, room, epoch, first, since, limit)
         return StreamingResponse(body, media_type="application/json")
 
     async def rooms(self, request: Request) -> Response:
@@ -249,24 +255,30 @@ class Api:
         if not isinstance(items, list) or not 1 <= len(items) <= apispec.BATCH_MAX:
             raise BadRequest(f"'items' must be an array of 1 to {apispec.BATCH_MAX} items")
         self._throttle(request, len(items) - 1)
-        results = [self._batch_item(i, item) for i, item in enumerate(items)]
+        # one at a time, in order: a room's items get its offsets in the batch's order
+        results = [await self._batch_item(i, item) for i, item in enumerate(items)]
         return json_response({"results": results})
 
-    def _batch_item(self, index: int, item: Any) -> dict[str, Any]:
+    async def _batch_item(self, index: int, item: Any) -> dict[str, Any]:
         try:
-            fields = apispec.BATCH_ITEM.check(item, f"item {index}")
-            event = fields.get("event") or names.DEFAULT_EVENT
-            if "room" in fields:
-                message = self.relay.publish(HTTP_SENDER, fields["room"], event, fields["data"])
-                return {"ok": True, "id": message.id, "offset": message.offset}
-            message, delivered = self.relay.direct(
-                HTTP_SENDER,
-                to=fields.get("to"),
-                user=fields.get("user"),
-                event=event,
-                data=fields["data"],
-            )
-            return {"ok": True, "id": message.id, "delivered": delivered}
+            try:
+                fields = apispec.BATCH_ITEM.check(item, f"item {index}")
+                event = fields.get("event") or names.DEFAULT_EVENT
+                if "room" in fields:
+                    room, data = fields["room"], fields["data"]
+                    message = self.relay.publish(HTTP_SENDER, room, event, data)
+                    return {"ok": True, "id": message.id, "offset": message.offset}
+                message, delivered = self.relay.direct(
+                    HTTP_SENDER,
+                    to=fields.get("to"),
+                    user=fields.get("user"),
+                    event=event,
+                    data=fields["data"],
+                )
+                return {"ok": True, "id": message.id, "delivered": delivered}
+            except Deferred as later:  # a backend that answers later (relay.deferred)
+                ack: dict[str, Any] = await later.task
+                return {**ack, "ok": True}
         except RelayError as exc:
             return {"ok": False, "error": exc.to_dict()}
 
@@ -278,10 +290,25 @@ class Api:
 HISTORY_CHUNK = 16
 
 
+async def _read(relay: Relay, room: str, since: int, limit: int) -> list[tuple[int, str]]:
+    """One chunk of ``room``'s history after ``since``: (offset, envelope JSON) pairs."""
+    try:
+        return relay.history_page(room, since, limit)
+    except Deferred as later:  # a backend that answers later (relay.deferred)
+        chunk: list[tuple[int, str]] = await later.task
+        return chunk
+
+
 async def _history_body(
-    history: History, room: str, since: int, limit: int
+    relay: Relay,
+    room: str,
+    epoch: str | None,
+    chunk: list[tuple[int, str]],
+    since: int,
+    limit: int,
 ) -> AsyncIterator[bytes]:
-    """A history page's JSON, a few envelopes at a time, read from history as it goes.
+    """A history page's JSON, a few envelopes at a time, read from history as it goes
+    (``chunk`` is the first few, read before the answer starts: an error can still be one).
 
     The server's send waits for the client to read (uvicorn's flow control) between chunks,
     and nothing of the page is held in between, so a page of 1,000 large messages that is
@@ -291,19 +318,18 @@ async def _history_body(
     The page names the room's epoch (when the room is known) and holds only messages of it:
     if the room is forgotten and made again while the page is read, the page ends there.
     """
-    epoch = history.epoch(room)
     # the room's epoch, its offsets' life (relay.history); none for a room not known
     head = b"" if epoch is None else b',"epoch":' + orjson.dumps(epoch)
     yield b'{"room":' + orjson.dumps(room) + head + b',"messages":['
     sent = 0
-    while sent < limit:
-        if history.epoch(room) != epoch:
+    while chunk:
+        if relay.history_epoch(room) != epoch:
             break  # the room was forgotten (or made) meanwhile: what it has is another life
-        chunk = history.page(room, since, min(HISTORY_CHUNK, limit - sent))
-        if not chunk:
-            break
-        text = ",".join(m.envelope_json() for m in chunk)
+        text = ",".join(envelope for _, envelope in chunk)
         yield (text if sent == 0 else "," + text).encode()
         sent += len(chunk)
-        since = chunk[-1].offset or since
+        since = chunk[-1][0]
+        if sent >= limit:
+            break
+        chunk = await _read(relay, room, since, min(HISTORY_CHUNK, limit - sent))
     yield b"]}"

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from relay import __version__, connecthook, envelope, handlers, metrics, names
 from relay.api import Api
+from relay.backends import make_relay
 from relay.edge import EdgeGuard
 from relay.engine import RelayEngine
 from relay.errors import Unauthorized
@@ -165,7 +166,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     settings.check()  # (settings built in code skip from_env's checks: e.g. a secret, no key)
     sio = build_sio(settings)
-    relay = Relay(settings, EngineIOTransport(sio.eio))
+    relay = make_relay(settings, EngineIOTransport(sio.eio))  # (memory, or Redis: REDIS_URL)
     handlers.register(sio, relay)
     hook = connecthook.setup(sio, relay, settings)  # (None without RELAY_CONNECT_HOOK_URL)
     hooks = Webhooks(settings, envelope.now_ms) if settings.webhook_url else None
@@ -183,11 +184,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     started = time.monotonic()
 
     async def healthz(request: Request) -> Response:
+        backends = relay.health()
+        usable = all(state == "ok" for state in backends.values())
         body = {
-            "status": "ok",
+            "status": "ok" if usable else "unavailable",
             "version": __version__,
             "uptime_s": round(time.monotonic() - started, 1),
-            "backends": {"memory": "ok"},
+            "backends": backends,
             **relay.describe(),
             "api_rate_limited": api.rate_limited,
             "edge": edge.describe(),
@@ -196,7 +199,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             body["webhooks"] = hooks.describe()
         if hook is not None:
             body["connect_hook"] = hook.describe()
-        return JSONResponse(body)
+        return JSONResponse(body, status_code=200 if usable else 503)
 
     index_html = STATIC_DIR / "index.html"
     page = IndexPage(index_html, settings) if index_html.is_file() else None
@@ -226,7 +229,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             task.add_done_callback(tasks.discard)
         if hooks is not None:
             hooks.start()
-        log.info("relay %s ready (in-memory)", __version__)
+        await relay.start()
+        log.info("relay %s ready (%s)", __version__, relay.backend)
         if settings.secret is None and not _loopback(settings.host):
             log.warning(
                 "OPEN MODE ON A PUBLIC INTERFACE: relay listens on %s without RELAY_SECRET, so"
@@ -242,13 +246,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 " that do not see each other's clients. Scale up (a bigger dyno), not out",
                 settings.web_concurrency,
             )
-        if settings.redis_url:
-            # (a Heroku Redis add-on sets REDIS_URL for every dyno: refusing to start would
-            # take down a one-dyno app that merely has one attached)
-            log.warning(
-                "REDIS_URL is set, but this relay does not fan out through Redis yet: each"
-                " process is a separate relay, so run exactly one"
-            )
         try:
             yield
         finally:
@@ -262,6 +259,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await hooks.close(settings.shutdown_timeout)
             if hook is not None:
                 await hook.close()
+            await relay.stop()
 
     sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
     routes = [

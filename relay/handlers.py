@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -11,6 +12,7 @@ import socketio
 
 from relay import names
 from relay.auth import Identity, authenticate
+from relay.deferred import Deferred
 from relay.engine import RelayEngine
 from relay.errors import BadRequest, Internal, RelayError
 from relay.recovery import Session
@@ -89,7 +91,17 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def dispatch(relay: Relay, event: str, sid: str, args: Sequence[Any]) -> Ack:
+async def settle(task: asyncio.Task[Ack]) -> Ack:
+    """A deferred answer's ack: the task's, or the contract's error ack for what it raised."""
+    try:
+        return await task
+    except RelayError as exc:
+        return _error(exc)
+    except Exception:  # (logged with its trace by the task's owner)
+        return _error(Internal())
+
+
+def dispatch(relay: Relay, event: str, sid: str, args: Sequence[Any]) -> Ack | asyncio.Task[Ack]:
     """Run one client event and always produce the contract's ack, never an exception."""
     handler = HANDLERS.get(event)
     if handler is None:
@@ -99,10 +111,15 @@ def dispatch(relay: Relay, event: str, sid: str, args: Sequence[Any]) -> Ack:
     return run(relay, event, handler, sid, args)
 
 
-def run(relay: Relay, event: str, handler: Handler, sid: str, args: Sequence[Any]) -> Ack:
-    """``handler`` on the event's ``args``; its ack, or the contract's error ack."""
+def run(
+    relay: Relay, event: str, handler: Handler, sid: str, args: Sequence[Any]
+) -> Ack | asyncio.Task[Ack]:
+    """``handler`` on the event's ``args``; its ack, or the contract's error ack, or (a backend
+    that answers later: relay.deferred) the task whose result is the ack."""
     try:
         return handler(relay, sid, names.payload(args, event))
+    except Deferred as later:
+        return later.task
     except RelayError as exc:
         log.debug("%s %s rejected: %s", sid, event, exc.message)
         return _error(exc)
@@ -188,12 +205,14 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
 
     def make(event: str) -> Callable[..., Awaitable[Ack]]:
         async def handle(sid: str, *args: Any) -> Ack:
-            return dispatch(relay, event, sid, args)
+            result = dispatch(relay, event, sid, args)
+            return result if type(result) is dict else await settle(result)  # type: ignore[arg-type]
 
         return handle
 
     async def catch_all(event: Any, sid: str, *args: Any) -> Ack:
-        return dispatch(relay, str(event)[:64], sid, args)
+        result = dispatch(relay, str(event)[:64], sid, args)
+        return result if type(result) is dict else await settle(result)  # type: ignore[arg-type]
 
     eio_disconnect = sio.eio.handlers["disconnect"]
 

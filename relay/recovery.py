@@ -175,6 +175,10 @@ class Recovery:
         """Whether any session is collecting (the callers' fast check)."""
         return bool(self._by_sid)
 
+    def holds_room(self, room: str) -> bool:
+        """Whether a held session was in ``room`` (it must go on collecting its traffic)."""
+        return room in self._by_room
+
     def to_room(self, room: str, packet: str) -> int:
         """Collect a packet sent to ``room``'s members; returns how many sessions took it."""
         sessions = self._by_room.get(room)

@@ -307,6 +307,14 @@ class Relay:
         self.stats["delivered"] += delivered
         return message, delivered
 
+    def history_epoch(self, room: str) -> str | None:
+        """The epoch of ``room``'s offsets (relay.history), None for a room not known."""
+        return self.history.epoch(room)
+
+    def history_page(self, room: str, since: int, limit: int) -> list[tuple[int, str]]:
+        """The oldest ``limit`` messages of ``room`` after ``since``: (offset, envelope JSON)."""
+        return [(m.offset or 0, m.envelope_json()) for m in self.history.page(room, since, limit)]
+
     def presence(self, room: str) -> dict[str, Any]:
         members = [m.as_dict() for m in self.registry.members(room)]
         return {"ok": True, "room": room, "members": members}
@@ -434,6 +442,21 @@ class Relay:
 
     def next_expiry(self) -> float | None:
         return self._expiring[0][0] if self._expiring else None
+
+    # -- backend lifecycle (a cluster backend overrides these: relay.backends) -----------------
+
+    #: what the start-up line calls this backend
+    backend = "in-memory"
+
+    async def start(self) -> None:
+        """Start the backend's background work (the memory backend has none)."""
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` started."""
+
+    def health(self) -> dict[str, str]:
+        """Each backend's state for ``/healthz``: ``"ok"``, or what is wrong."""
+        return {"memory": "ok"}
 
     # -- housekeeping --------------------------------------------------------------------------
 

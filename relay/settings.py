@@ -128,6 +128,16 @@ def parse_patterns(key: str, raw: str) -> tuple[str, ...]:
     return patterns
 
 
+def parse_redis_url(key: str, raw: str) -> str | None:
+    """``redis://[user:pass@]host[:port][/db]`` or ``rediss://`` (TLS); blank is unset."""
+    url = raw.strip()
+    if not url:
+        return None
+    if not re.match(r"rediss?://[^\s/]", url):
+        raise ConfigError(f"{key}={raw!r} is not a Redis URL (redis://host:6379 or rediss://...)")
+    return url
+
+
 def parse_bool(key: str, raw: str) -> bool:
     text = raw.strip().lower()
     if text in ("1", "true", "yes", "on"):
@@ -164,7 +174,13 @@ class Settings:
     recovery_ttl: float = 120.0  # connection state recovery window; 0 turns it off
     secret: str | None = None
     api_key: str | None = None
+    #: cluster mode: several relays sharing this Redis behave as one (relay.backends.redis)
     redis_url: str | None = None
+    #: verify a ``rediss://`` server's certificate (Heroku's Redis add-on presents a
+    #: self-signed one: its app.json turns this off; anywhere else keep it on)
+    redis_tls_verify: bool = True
+    #: cluster mode: a node whose heartbeat is this old is dead, and its members are removed
+    node_timeout: float = 15.0
     # -- limits: what one client may make the server hold or do (0 turns a cap or a rate off) --
     #: bytes of history kept across all rooms; past it the biggest room's oldest messages go
     history_max_bytes: int = 64 * 1024 * 1024
@@ -239,6 +255,9 @@ class Settings:
         given: dict[str, str] = {}
         for name, (key, parse) in ENV_KEYS.items():
             raw = env.get(key)
+            alias = ENV_ALIASES.get(name)
+            if alias is not None and (env.get(alias) or "").strip():
+                key, raw = alias, env[alias]  # (the relay-specific name wins)
             if raw is not None and raw.strip() != "":
                 values[name] = parse(key, raw)
                 given[key] = raw
@@ -292,6 +311,7 @@ class Settings:
             ("RELAY_WEBHOOK_RETRY_FOR", self.webhook_retry_for, 0),
             ("RELAY_CONNECT_HOOK_TIMEOUT", self.connect_hook_timeout, 0.01),
             ("RELAY_CONNECT_HOOK_CONCURRENCY", self.connect_hook_concurrency, 1),
+            ("RELAY_NODE_TIMEOUT", self.node_timeout, 0.3),
         ]
         for key, value, low in limits:
             if value < low:
@@ -362,7 +382,9 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "recovery_ttl": ("RELAY_RECOVERY_TTL", parse_duration),
     "secret": ("RELAY_SECRET", parse_optional),
     "api_key": ("RELAY_API_KEY", parse_optional),
-    "redis_url": ("REDIS_URL", parse_optional),
+    "redis_url": ("REDIS_URL", parse_redis_url),
+    "redis_tls_verify": ("RELAY_REDIS_TLS_VERIFY", parse_bool),
+    "node_timeout": ("RELAY_NODE_TIMEOUT", parse_duration),
     "history_max_bytes": ("RELAY_HISTORY_MAX_BYTES", parse_size),
     "max_rooms": ("RELAY_MAX_ROOMS", parse_int),
     "recovery_max_bytes": ("RELAY_RECOVERY_MAX_BYTES", parse_size),
@@ -396,3 +418,7 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "connect_hook_concurrency": ("RELAY_CONNECT_HOOK_CONCURRENCY", parse_int),
     "log_format": ("RELAY_LOG_FORMAT", parse_log_format),
 }
+
+#: a second variable for a setting, read instead of ``ENV_KEYS``'s when set: REDIS_URL is what
+#: Redis add-ons set, RELAY_REDIS_URL picks another Redis (or one for relay alone) beside it
+ENV_ALIASES: dict[str, str] = {"redis_url": "RELAY_REDIS_URL"}

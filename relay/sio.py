@@ -23,6 +23,8 @@ word); a session that is closing accepts no CONNECT; and a session left without 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -35,7 +37,7 @@ from socketio import packet as sio_packet
 
 from relay import fastws
 from relay.engine import RelayEngine, RelaySocket
-from relay.errors import BadRequest
+from relay.errors import BadRequest, Internal, RelayError
 
 log = logging.getLogger("relay.sio")
 
@@ -488,6 +490,9 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             body = b"43%d" % ack_id + orjson.dumps([result])
         elif result is None:
             body = b"43%d[]" % ack_id
+        elif isinstance(result, asyncio.Future):  # answered later (relay.deferred)
+            result.add_done_callback(functools.partial(self._ack_when_done, eio_sid, ack_id))
+            return True
         else:
             ack = list(result) if isinstance(result, tuple) else [result]
             body = b"43%d" % ack_id + orjson.dumps(ack)
@@ -497,6 +502,27 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         else:
             sock.push(eio_packet.Packet(eio_packet.MESSAGE, body[1:].decode()))
         return True
+
+    def _ack_when_done(self, eio_sid: str, ack_id: int, task: asyncio.Future[Any]) -> None:
+        """Answer EVENT ``ack_id`` with a deferred handler's result (relay.deferred): its ack,
+        or the error ack of the RelayError it raised (its owner logs any other exception)."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            result = task.result()
+        else:
+            error = exc if isinstance(exc, RelayError) else Internal()
+            result = {"ok": False, "error": error.to_dict()}
+        sock = self.eio.sockets.get(eio_sid)
+        if not isinstance(sock, RelaySocket) or sock.closed:
+            return
+        body = b"43%d" % ack_id + orjson.dumps([result])
+        fast = sock.fast
+        if fast is not None:
+            fast.write_frame(fastws.text_frame(body))
+        else:
+            sock.push(eio_packet.Packet(eio_packet.MESSAGE, body[1:].decode()))
 
     async def _fast_event(self, eio_sid: str, ack_id: int | None, args: list[Any]) -> None:
         manager = self.manager

@@ -13,7 +13,7 @@ import time
 import httpx
 import socketio
 
-from tests.conftest import ROOT, start_relay_process
+from tests.conftest import ROOT, free_port, start_relay_process
 from tests.relay.conftest import TIMEOUT, Peers, close_client, unique
 
 
@@ -88,17 +88,24 @@ def test_invalid_settings_exit_non_zero_with_one_line() -> None:
     assert "Uvicorn running" not in result.stdout + result.stderr
 
 
-def test_redis_url_is_not_silently_ignored() -> None:
-    # relay has no Redis fan-out yet: with REDIS_URL set (as a Redis add-on sets it), it still
-    # starts, and says at startup that each process is a relay of its own
-    for url, warned in (("redis://127.0.0.1:1/0", True), ("", False)):
-        rp = start_relay_process({"REDIS_URL": url})
-        try:
-            said = "".join(rp.lines)
-            assert "ready (in-memory)" in said
-            assert ("REDIS_URL is set" in said) is warned, said
-        finally:
-            assert rp.stop() == 0
+async def test_an_unreachable_redis_starts_unhealthy_and_says_so() -> None:
+    # a Redis add-on sets REDIS_URL for every dyno: a Redis that does not answer at start-up
+    # must not keep relay from starting, but it says so, and /healthz names it (503)
+    rp = start_relay_process({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, timeout=30)
+    try:
+        said = "".join(rp.lines)
+        assert "is not answering" in said and "ready (Redis cluster)" in said, said
+        async with httpx.AsyncClient(base_url=rp.url, timeout=10) as http:
+            health = await http.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["backends"]["redis"].startswith("unavailable"), health.text
+    finally:
+        assert rp.stop() == 0
+    plain = start_relay_process({"REDIS_URL": ""})
+    try:
+        assert "ready (in-memory)" in "".join(plain.lines)
+    finally:
+        assert plain.stop() == 0
 
 
 def test_a_port_in_use_is_one_line_before_anything_starts() -> None:

@@ -44,6 +44,9 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("RELAY_SECRET", "  ", "secret", None),
     ("RELAY_API_KEY", "key", "api_key", "key"),
     ("REDIS_URL", "redis://127.0.0.1:6379/0", "redis_url", "redis://127.0.0.1:6379/0"),
+    ("REDIS_URL", "rediss://:pw@example.com:25061", "redis_url", "rediss://:pw@example.com:25061"),
+    ("RELAY_REDIS_TLS_VERIFY", "false", "redis_tls_verify", False),
+    ("RELAY_NODE_TIMEOUT", "5s", "node_timeout", 5.0),
     ("RELAY_HISTORY_MAX_BYTES", "256MiB", "history_max_bytes", 256 * 1024 * 1024),
     ("RELAY_MAX_ROOMS", "1000", "max_rooms", 1000),
     ("RELAY_RECOVERY_MAX_BYTES", "8MiB", "recovery_max_bytes", 8 * 1024 * 1024),
@@ -148,6 +151,10 @@ INVALID: list[tuple[str, str]] = [
     ("RELAY_CONNECT_HOOK_HEADERS", "X Tenant"),
     ("RELAY_CONNECT_HOOK_CONCURRENCY", "0"),
     ("RELAY_LOG_FORMAT", "xml"),
+    ("REDIS_URL", "localhost:6379"),
+    ("RELAY_REDIS_URL", "http://127.0.0.1:6379"),
+    ("RELAY_REDIS_TLS_VERIFY", "sometimes"),
+    ("RELAY_NODE_TIMEOUT", "0.1"),
 ]
 
 
@@ -155,6 +162,13 @@ INVALID: list[tuple[str, str]] = [
 def test_each_variable_is_parsed(key: str, raw: str, field: str, expected: Any) -> None:
     env = {key: raw, **COMPANIONS.get(key, {})}
     assert getattr(Settings.from_env(env), field) == expected
+
+
+def test_relay_redis_url_wins_over_redis_url() -> None:
+    env = {"REDIS_URL": "redis://addon:6379", "RELAY_REDIS_URL": "redis://own:6379"}
+    assert Settings.from_env(env).redis_url == "redis://own:6379"
+    assert Settings.from_env({**env, "RELAY_REDIS_URL": " "}).redis_url == "redis://addon:6379"
+    assert Settings.from_env({}).redis_url is None
 
 
 def test_every_variable_is_covered() -> None:

@@ -1,0 +1,24 @@
+"""Backends: where rooms, offsets and history live, chosen once at start-up.
+
+Unset ``REDIS_URL``: the in-memory core (:class:`relay.service.Relay`), one process. Set: the
+cluster core (:class:`relay.backends.cluster.ClusterRelay`), several processes sharing one
+Redis. The handlers and the HTTP API never ask which: see :mod:`relay.deferred`.
+"""
+
+from __future__ import annotations
+
+from relay.service import Relay
+from relay.settings import Settings
+from relay.transport import Transport
+
+
+def make_relay(settings: Settings, transport: Transport) -> Relay:
+    """The relay core ``settings`` ask for."""
+    if settings.redis_url is None:
+        return Relay(settings, transport)
+    from relay.backends.cluster import ClusterRelay  # (redis is imported only when used)
+
+    return ClusterRelay(settings, transport)
+
+
+__all__ = ["make_relay"]

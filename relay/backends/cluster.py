@@ -1,0 +1,764 @@
+"""Cluster mode: relay processes sharing one Redis behave as one relay.
+
+Theory of operation
+-------------------
+Each process (a *node*) keeps its own connections exactly as the memory core does (the local
+registry, the transport, recovery); Redis holds what the nodes share, in the keys described
+in :mod:`relay.backends.scripts`.
+
+- **Publish** is one Lua script: the room's next offset, the history entry (a stream entry with
+  id ``<offset>-0``, trimmed to ``RELAY_HISTORY_SIZE``) and the PUBLISH to the room's channel.
+  Redis runs scripts one at a time, so the channel carries a room's messages in offset order.
+  The ack waits for the script: a publish that gets no offset is answered ``unavailable``.
+- **Fan-out**: a node subscribes to a room's channel while it has members there, and only then;
+  a broadcast crosses Redis once per node with members. Every node, the publisher's included,
+  delivers from the channel through one ordered path per room (a :class:`Feed`): the offset
+  after the last delivered goes out at once (through the same ``transport.send_room`` as in
+  memory); an older one is a duplicate and is dropped; a later one waits while the missing
+  ones are read from the stream (a gap: a lost subscription, a reconnect).
+- **Join** subscribes first (and waits for Redis to confirm), then reads in one script the
+  room's offset, epoch and history after ``since``; the node's feed is then brought level with
+  what was read (or what was read is extended to what the feed delivered), and in one
+  synchronous step the joiner gets the replay and becomes a member: the next message it gets
+  live is the one after the replay's last.
+- **Epochs**: a room's epoch is made (a random string) when it first gets a member or a
+  message, and lives as long as its offsets: a Redis that lost its data makes new ones.
+- **History age** (``RELAY_HISTORY_TTL``): entries carry their time and are filtered on read;
+  the stream itself expires when its room has been quiet that long (its offset and epoch live a
+  day, so a quiet room keeps counting where it was).
+- **Unicast**: ``relay:conns`` maps every sid to its node (and user), ``relay:user:{user}`` a
+  user's sids to their nodes; a message for another node goes on its channel,
+  ``relay:node:<id>``, once per node, with the sids it is for. ``delivered`` counts the
+  connections on nodes that heard it.
+- **Presence**: ``relay:{room}:members`` maps sids to members (with their node), so counts and
+  lists are cluster-wide; presence events travel on the room channel, outside the order.
+- **Nodes** refresh a heartbeat key every third of ``RELAY_NODE_TIMEOUT``; a node that finds
+  another's expired takes a lock (SET NX) and removes the dead node's connections and members,
+  announcing their leaves once.
+- **Faults**: see :mod:`relay.backends.redis`. While Redis is unavailable, ``/healthz`` is 503,
+  publishes, joins and presence are ``unavailable``, and what needs no Redis (a direct to a
+  connection on this node, leaving) still works. When it is back the node writes its state
+  again and fills its feeds' gaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from relay import envelope
+from relay.auth import Identity
+from relay.backends import scripts
+from relay.backends.redis import Bus, connect, describe
+from relay.deferred import Deferred
+from relay.errors import BadRequest, RateLimited, RelayError, Unavailable
+from relay.rooms import Member
+from relay.service import Relay, Sender
+from relay.settings import Settings
+from relay.transport import Transport
+
+log = logging.getLogger("relay.cluster")
+
+#: how long a room's offset and epoch outlive its last message (ms)
+META_TTL_MS = 24 * 3600 * 1000
+#: messages one feed holds while it fills a gap (past it, the oldest waiting are dropped)
+PENDING_MAX = 4096
+#: seconds start-up waits for Redis before it says ready anyway (unhealthy until Redis answers)
+START_WAIT_S = 5.0
+CONNS = "relay:conns"
+NODES = "relay:nodes"
+
+
+def _key(room: str, what: str) -> str:
+    return f"relay:{{{room}}}:{what}"
+
+
+def _offset(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
+@dataclass(slots=True, eq=False)
+class Feed:
+    """One room's ordered delivery on this node (see the module's docstring)."""
+
+    room: str
+    #: whether ``last`` is known (a join read it); until then arrivals wait in ``pending``
+    anchored: bool = False
+    epoch: str | None = None
+    last: int = 0
+    #: offset -> (epoch, skip, packet), waiting for the offsets before it
+    pending: dict[int, tuple[str, str | None, str]] = field(default_factory=dict)
+    #: joins under way on this node (the feed stays while any is)
+    joining: int = 0
+    filling: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ClusterRelay(Relay):
+    """The relay core on Redis: see the module's docstring."""
+
+    backend = "Redis cluster"
+
+    def __init__(self, settings: Settings, transport: Transport) -> None:
+        super().__init__(settings, transport)
+        assert settings.redis_url is not None
+        self.node = secrets.token_hex(6)
+        self.node_channel = f"relay:node:{self.node}"
+        client = connect(settings.redis_url, settings.redis_tls_verify)
+        self.bus = Bus(client, describe(settings.redis_url), self._on_message, self._on_connect)
+        self._publish_script = self.bus.script(scripts.PUBLISH)
+        self._join_script = self.bus.script(scripts.JOIN)
+        self._direct_user_script = self.bus.script(scripts.DIRECT_USER)
+        self._direct_sid_script = self.bus.script(scripts.DIRECT_SID)
+        self.feeds: dict[str, Feed] = {}
+        #: (sid, room) -> the join of it under way
+        self._joins: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.reaped = 0
+        #: messages a feed delivered from the stream (gaps), not from the channel
+        self.filled = 0
+        #: heartbeats sent (each followed by a look for dead nodes)
+        self.heartbeats = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.bus.listen_to(self.node_channel)
+        self.bus.start()
+        self.spawn(self._heartbeat(), "relay-node-heartbeat")
+        try:
+            await asyncio.wait_for(self.bus.ready.wait(), START_WAIT_S)
+        except TimeoutError:
+            log.warning(
+                "Redis (%s) is not answering: starting anyway, unavailable until it does",
+                self.bus.where,
+            )
+        log.info("cluster node %s on %s", self.node, self.bus.where)
+
+    async def stop(self) -> None:
+        """Shut down (after the server closed every connection, whose leaves are queued):
+        send what is queued, then take this node out of the cluster, so nobody reaps it."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self.bus.reachable:
+            node = self.node
+            keys = [f"relay:node:{node}:{what}" for what in ("alive", "sids", "rooms")]
+            self.bus.send(lambda pipe: pipe.delete(*keys))
+            self.bus.send(lambda pipe: pipe.srem(NODES, node))
+            await self.bus.flush()
+        await self.bus.stop()
+
+    def health(self) -> dict[str, str]:
+        return {"redis": self.bus.state()}
+
+    def spawn(self, job: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``job`` as a task this relay owns (cancelled on stop, failures logged)."""
+        task = asyncio.create_task(job, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()  # (retrieved: an ack nobody asked for raises no warning)
+        if exc is not None and not isinstance(exc, RelayError):
+            log.error("cluster task failed", exc_info=exc)
+
+    def _later(self, job: Coroutine[Any, Any, Any]) -> Deferred:
+        return Deferred(self.spawn(job))
+
+    def _need_redis(self) -> None:
+        if not self.bus.reachable:
+            raise Unavailable(f"Redis is unavailable ({self.bus.state()})")
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def connect(
+        self, sid: str, eio_sid: str, user: str | None, identity: Identity | None = None
+    ) -> Member:
+        member = super().connect(sid, eio_sid, user, identity)
+        self._write_connection(member)
+        return member
+
+    def _write_connection(self, member: Member) -> None:
+        sid, user, node = member.sid, member.user, self.node
+        bus = self.bus
+        bus.send(lambda pipe: pipe.hset(CONNS, sid, f"{node} {user or ''}"))
+        bus.send(lambda pipe: pipe.sadd(f"relay:node:{node}:sids", sid))
+        if user is not None:
+            bus.send(lambda pipe: pipe.hset(f"relay:user:{user}", sid, node))
+
+    def disconnect(self, sid: str, recoverable: bool = False) -> None:
+        member = self.registry.get(sid)
+        rooms = sorted(member.rooms) if member is not None else []
+        super().disconnect(sid, recoverable)
+        if member is None:
+            return
+        user, node, bus = member.user, self.node, self.bus
+        bus.send(lambda pipe: pipe.hdel(CONNS, sid))
+        bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:sids", sid))
+        if user is not None:
+            bus.send(lambda pipe: pipe.hdel(f"relay:user:{user}", sid))
+        for room in rooms:
+            self._left(room, sid)
+
+    def resume(self, session: Any, eio_sid: str, identity: Identity) -> Member:
+        member = super().resume(session, eio_sid, identity)
+        self._write_connection(member)
+        for room in member.rooms:
+            self._write_member(room, member)
+            if room not in self.feeds:
+                self.spawn(self._follow(room))
+        return member
+
+    async def _follow(self, room: str) -> None:
+        """Subscribe to ``room`` and anchor its feed (a recovered member is in it again)."""
+        feed = self._feed(room)
+        feed.joining += 1
+        try:
+            await self.bus.subscribe(_key(room, "ch"))
+            reply = await self._call_join(room, -1, None, None)
+            self._anchor(feed, int(reply[0]), reply[1])
+        finally:
+            feed.joining -= 1
+            self._maybe_unfollow(room)
+
+    # -- rooms ---------------------------------------------------------------------------------
+
+    def _feed(self, room: str) -> Feed:
+        feed = self.feeds.get(room)
+        if feed is None:
+            feed = self.feeds[room] = Feed(room)
+            node = self.node
+            self.bus.send(lambda pipe: pipe.sadd(f"relay:node:{node}:rooms", room))
+        return feed
+
+    def _maybe_unfollow(self, room: str) -> None:
+        feed = self.feeds.get(room)
+        if feed is None or feed.joining or self.registry.occupied(room):
+            return
+        if self.recovery.holds_room(room):
+            return  # a dropped connection of this node collects the room's traffic meanwhile
+        del self.feeds[room]
+        self.bus.unsubscribe(_key(room, "ch"))
+        node = self.node
+        self.bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:rooms", room))
+
+    def _write_member(self, room: str, member: Member) -> None:
+        value = self._member_json(member)
+        self.bus.send(lambda pipe: pipe.hset(_key(room, "members"), member.sid, value))
+
+    def _member_json(self, member: Member) -> str:
+        return orjson.dumps({"sid": member.sid, "user": member.user, "node": self.node}).decode()
+
+    def _left(self, room: str, sid: str) -> None:
+        self.bus.send(lambda pipe: pipe.hdel(_key(room, "members"), sid))
+        self._maybe_unfollow(room)
+
+    def join(
+        self, sid: str, room: str, since: int | None, epoch: str | None = None
+    ) -> dict[str, Any]:
+        member = self.member(sid)
+        member.identity.check_room(room, "join")
+        self.throttle_join(member)
+        limit = self.settings.max_rooms_per_connection
+        if room not in member.rooms and limit and len(member.rooms) >= limit:
+            self.stats["rate_limited"] += 1
+            raise RateLimited(
+                f"this connection is in {len(member.rooms)} rooms, the most one may be in"
+                f" (RELAY_MAX_ROOMS_PER_CONNECTION={limit}); leave one first"
+            )
+        self._need_redis()
+        # a second join of the same room before the first is answered waits for it, and then
+        # finds the connection in the room (no second replay), as it would in memory
+        key = (sid, room)
+        task = self.spawn(self._join(member, room, since, epoch, self._joins.get(key)))
+        self._joins[key] = task
+        task.add_done_callback(
+            lambda done: self._joins.pop(key, None) if self._joins.get(key) is done else None
+        )
+        raise Deferred(task)
+
+    async def _call_join(
+        self, room: str, since: int, member: Member | None, epoch: str | None
+    ) -> list[Any]:
+        keys = [_key(room, "seq"), _key(room, "log"), _key(room, "epoch"), _key(room, "members")]
+        args = [
+            secrets.token_urlsafe(9),
+            META_TTL_MS,
+            since,
+            member.sid if member is not None else "",
+            self._member_json(member) if member is not None else "",
+            max(1, self.settings.history_size),
+            epoch or "",
+        ]
+        reply: list[Any] = await self.bus.call(self._join_script.run(keys, args))
+        return reply
+
+    async def _join(
+        self,
+        member: Member,
+        room: str,
+        since: int | None,
+        epoch: str | None,
+        before: asyncio.Task[Any] | None = None,
+    ) -> dict[str, Any]:
+        if before is not None:
+            await asyncio.wait({before})
+        sid = member.sid
+        feed = self._feed(room)
+        feed.joining += 1
+        try:
+            await self.bus.subscribe(_key(room, "ch"))
+            already = room in member.rooms
+            asked = -1 if since is None or already else since
+            reply = await self._call_join(room, asked, member, epoch)
+            seq, current, first, count = int(reply[0]), reply[1], int(reply[2]), int(reply[3])
+            used = int(reply[5])
+            self._anchor(feed, seq, current)
+            cutoff = envelope.now_ms() - int(self.settings.history_ttl * 1000)
+            replay: list[tuple[int, str, str | None]] = []
+            aged = False
+            for entry_id, fields in reply[4]:
+                values = dict(zip(fields[::2], fields[1::2], strict=True))
+                if int(values.get("t", 0)) < cutoff:
+                    aged = True  # (past RELAY_HISTORY_TTL: as if trimmed)
+                    continue
+                replay.append((_offset(entry_id), values["p"], _skip(values.get("s"))))
+            upto = seq
+            # bring what was read and what the feed delivered level (unless the room's offsets
+            # started again meanwhile: then live is all there is)
+            while feed.last != upto and feed.epoch == current:
+                if feed.last < upto:
+                    await self._fill(feed, upto)
+                    if feed.last < upto and feed.epoch == current:
+                        raise Unavailable("Redis did not answer while the join read history")
+                else:
+                    target = feed.last
+                    replay.extend(await self._read(room, upto, target))
+                    upto = target
+            if self.registry.get(sid) is not member:
+                self.bus.send(lambda pipe: pipe.hdel(_key(room, "members"), sid))
+                raise BadRequest("the connection closed while joining")
+            ack: dict[str, Any] = {"ok": True, "room": room}
+            if not already and since is not None:
+                for offset, packet, _ in replay:
+                    if offset > used:
+                        self.transport.send(sid, packet)
+                if used != since or aged:
+                    ack["recovered"] = False
+                elif first:
+                    ack["recovered"] = since + 1 >= first
+                else:
+                    ack["recovered"] = since >= seq
+            if self.registry.join(sid, room):
+                self._announce(room, "join", member)
+            ack["offset"] = max(upto, feed.last) if feed.epoch == current else seq
+            ack["epoch"] = current
+            ack["members"] = count
+            return ack
+        finally:
+            feed.joining -= 1
+            self._maybe_unfollow(room)
+
+    def leave(self, sid: str, room: str) -> dict[str, Any]:
+        member = self.member(sid)
+        joining = self._joins.get((sid, room))
+        if joining is not None:  # (it leaves after the join it sent first, as in memory)
+            raise self._later(self._leave_after(joining, sid, room))
+        was_in = room in member.rooms
+        ack = super().leave(sid, room)
+        if was_in:
+            self._left(room, sid)
+        return ack
+
+    async def _leave_after(self, joining: asyncio.Task[Any], sid: str, room: str) -> dict[str, Any]:
+        await asyncio.wait({joining})
+        try:
+            return self.leave(sid, room)
+        except Deferred as again:  # (joined again meanwhile: after that one, then)
+            result: dict[str, Any] = await again.task
+            return result
+
+    def presence(self, room: str) -> dict[str, Any]:
+        self._need_redis()
+        raise self._later(self._presence(room))
+
+    async def _presence(self, room: str) -> dict[str, Any]:
+        values = await self.bus.call(lambda pipe: pipe.hvals(_key(room, "members")))
+        members = []
+        for value in values:
+            m = orjson.loads(value)
+            members.append({"sid": m["sid"], "user": m["user"]})
+        return {"ok": True, "room": room, "members": members}
+
+    def history_epoch(self, room: str) -> str | None:
+        # the epoch this node follows the room in (None when it follows it not: the page then
+        # names none, as for a room not known)
+        feed = self.feeds.get(room)
+        return feed.epoch if feed is not None else None
+
+    def history_page(self, room: str, since: int, limit: int) -> list[tuple[int, str]]:
+        self._need_redis()
+        raise self._later(self._history_page(room, since, limit))
+
+    async def _history_page(self, room: str, since: int, limit: int) -> list[tuple[int, str]]:
+        key = _key(room, "log")
+        cutoff = envelope.now_ms() - int(self.settings.history_ttl * 1000)
+        page: list[tuple[int, str]] = []
+        while not page:
+            entries = await self._cmd("xrange", key, f"{since + 1}-0", "+", limit)
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                since = _offset(entry_id)
+                if int(fields.get("t", 0)) < cutoff:
+                    continue  # (past RELAY_HISTORY_TTL: the oldest, so read on)
+                packet = fields["p"]  # 2["<event>",{envelope}]: event names need no escapes
+                page.append((since, packet[packet.index('",') + 2 : -1]))
+        return page
+
+    def _announce(self, room: str, action: str, member: Member) -> None:
+        super()._announce(room, action, member)
+        packet = envelope.event_packet(
+            "presence", {"room": room, "action": action, "member": member.as_dict()}
+        )
+        self._publish_event(room, packet, self.node)
+
+    def _publish_event(self, room: str, packet: str, origin: str) -> None:
+        text = f"0 - {origin} - {packet}"
+        channel = _key(room, "ch")
+        self.bus.send(lambda pipe: pipe.publish(channel, text))
+
+    # -- publish -------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        sender: Sender,
+        room: str,
+        event: str,
+        data: Any,
+        exclude_self: bool = False,
+    ) -> envelope.Message:
+        data_json = envelope.encode_data(data, self.settings.max_payload)
+        self._need_redis()
+        message = envelope.build(
+            id=self._ids(),
+            room=room,
+            event=event,
+            sender_sid=sender.sid,
+            sender_user=sender.user,
+            data_json=data_json,
+            offset=0,
+            ts=self._clock(),
+        )
+        packet = message.packet
+        cut = packet.rfind('"offset":0,"ts":')
+        head, tail = packet[: cut + 9], packet[cut + 10 :]
+        skip = sender.sid if exclude_self and sender.sid is not None else "-"
+        # a publish sent after a join of the same room that is not answered yet goes after
+        # it, so the sender is a member when its message goes out (as in memory)
+        joining = self._joins.get((sender.sid, room)) if sender.sid is not None else None
+        raise self._later(self._publish(message, head, tail, skip, joining))
+
+    async def _publish(
+        self,
+        message: envelope.Message,
+        head: str,
+        tail: str,
+        skip: str,
+        joining: asyncio.Task[Any] | None = None,
+    ) -> dict[str, Any]:
+        if joining is not None:
+            await asyncio.wait({joining})
+        room = message.room
+        assert room is not None
+        settings = self.settings
+        keys = [_key(room, "seq"), _key(room, "log"), _key(room, "epoch")]
+        args = [
+            head,
+            tail,
+            secrets.token_urlsafe(9),
+            settings.history_size,
+            max(1, int(settings.history_ttl * 1000)),
+            META_TTL_MS,
+            _key(room, "ch"),
+            message.ts,
+            self.node,
+            skip,
+        ]
+        reply = await self.bus.call(self._publish_script.run(keys, args))
+        self.stats["published"] += 1
+        return {"ok": True, "id": message.id, "offset": int(reply[0])}
+
+    # -- the ordered path ----------------------------------------------------------------------
+
+    def _on_message(self, channel: str, data: str) -> None:
+        if channel == self.node_channel:
+            self._on_direct(data)
+            return
+        room = channel[7:-4]  # relay:{<room>}:ch
+        feed = self.feeds.get(room)
+        if feed is None:
+            return
+        offset_text, epoch, origin, skip, packet = data.split(" ", 4)
+        offset = int(offset_text)
+        if offset == 0:  # presence: outside the order, and the origin told its own members
+            if origin != self.node:
+                self._deliver(room, packet, None)
+            return
+        self._arrive(feed, offset, epoch, _skip(skip), packet)
+
+    def _arrive(self, feed: Feed, offset: int, epoch: str, skip: str | None, packet: str) -> None:
+        if not feed.anchored:
+            self._hold(feed, offset, epoch, skip, packet)
+            return
+        if epoch != feed.epoch:  # the room's offsets started again (Redis lost them, or expiry)
+            feed.epoch, feed.last = epoch, 0
+            feed.pending.clear()
+        if offset <= feed.last:
+            return  # a duplicate (a gap filled from the stream, then the late original)
+        if offset == feed.last + 1 and not feed.filling.locked():
+            self._deliver(feed.room, packet, skip)
+            feed.last = offset
+            if feed.pending:
+                self._drain(feed)
+            return
+        self._hold(feed, offset, epoch, skip, packet)
+        if not feed.filling.locked():
+            self.spawn(self._fill(feed, min(feed.pending) - 1))
+
+    def _hold(self, feed: Feed, offset: int, epoch: str, skip: str | None, packet: str) -> None:
+        pending = feed.pending
+        if len(pending) >= PENDING_MAX:
+            log.warning("room %s: %d messages wait for a gap; dropping one", feed.room, PENDING_MAX)
+            del pending[min(pending)]
+        pending[offset] = (epoch, skip, packet)
+
+    def _drain(self, feed: Feed) -> None:
+        pending = feed.pending
+        while pending:
+            nxt = pending.pop(feed.last + 1, None)
+            if nxt is None:
+                break
+            self._deliver(feed.room, nxt[2], nxt[1])
+            feed.last += 1
+        for offset in [o for o in pending if o <= feed.last]:
+            del pending[offset]
+
+    def _anchor(self, feed: Feed, seq: int, epoch: str) -> None:
+        """A join read the room at ``seq``: what the feed holds before that is history."""
+        if feed.anchored and feed.epoch == epoch:
+            return
+        feed.anchored, feed.epoch, feed.last = True, epoch, seq
+        held = sorted(feed.pending.items())
+        feed.pending.clear()
+        for offset, (ep, skip, packet) in held:
+            self._arrive(feed, offset, ep, skip, packet)
+
+    def _deliver(self, room: str, packet: str, skip: str | None) -> None:
+        registry = self.registry
+        sent = self.transport.send_room(
+            room, registry.version(room), registry.sids(room), packet, skip
+        )
+        if self.recovery.waiting:
+            self.recovery.to_room(room, packet)
+        self.stats["delivered"] += sent
+
+    async def _read(self, room: str, after: int, upto: int) -> list[tuple[int, str, str | None]]:
+        """The room's history in ``(after, upto]`` as (offset, packet, skip)."""
+        if upto <= after:
+            return []
+        key = _key(room, "log")
+        entries = await self.bus.call(lambda pipe: pipe.xrange(key, f"{after + 1}-0", f"{upto}-0"))
+        return [(_offset(i), f["p"], _skip(f.get("s"))) for i, f in entries]
+
+    async def _fill(self, feed: Feed, upto: int) -> None:
+        """Deliver the feed's missing offsets up to ``upto`` from the stream, then what waits;
+        what the stream no longer holds is skipped (trimmed or expired: gone for everyone)."""
+        async with feed.filling:
+            while True:
+                epoch = feed.epoch
+                if feed.last < upto:
+                    try:
+                        found = await self._read(feed.room, feed.last, upto)
+                    except Unavailable:
+                        return  # (filled again when Redis is back: _on_connect)
+                    if feed.epoch != epoch:
+                        return
+                    for offset, packet, skip in found:
+                        if offset > feed.last:
+                            self._deliver(feed.room, packet, skip)
+                            feed.last = offset
+                            self.filled += 1
+                    feed.last = max(feed.last, upto)
+                self._drain(feed)
+                if not feed.pending:
+                    return
+                upto = min(feed.pending) - 1  # another gap after what was drained
+
+    # -- unicast -------------------------------------------------------------------------------
+
+    def direct(
+        self,
+        sender: Sender,
+        *,
+        to: str | None,
+        user: str | None,
+        event: str,
+        data: Any,
+    ) -> tuple[envelope.Message, int]:
+        message, delivered = super().direct(sender, to=to, user=user, event=event, data=data)
+        if to is not None and delivered:
+            return message, delivered  # a connection of this node: no Redis needed
+        if not self.bus.reachable:
+            if to is not None:
+                raise Unavailable(f"Redis is unavailable ({self.bus.state()})")
+            return message, delivered  # this node's connections of the user had it
+        raise self._later(self._direct(message, to, user, delivered))
+
+    async def _direct(
+        self, message: envelope.Message, to: str | None, user: str | None, local: int
+    ) -> dict[str, Any]:
+        packet, node = message.packet, self.node
+        if to is not None:
+            script, keys, args = self._direct_sid_script, [CONNS], [to, node, packet]
+        else:
+            script, keys, args = self._direct_user_script, [f"relay:user:{user}"], [node, packet]
+
+        remote = int(await self.bus.call(script.run(keys, args)))
+        self.stats["delivered"] += remote
+        return {"ok": True, "id": message.id, "delivered": local + remote}
+
+    def _on_direct(self, data: str) -> None:
+        sids, _, packet = data.partition(" ")
+        registry, transport = self.registry, self.transport
+        for sid in sids.split(","):
+            if registry.get(sid) is not None:
+                transport.send(sid, packet)
+
+    # -- Redis (re)connected, heartbeats, dead nodes --------------------------------------------
+
+    async def _on_connect(self) -> None:
+        """Redis is (back) up: write this node's state again, and fill every feed's gap."""
+        client = self.bus.client
+        rooms = list(self.feeds)
+        pipe = client.pipeline(transaction=False)
+        node = self.node
+        pipe.set(f"relay:node:{node}:alive", "1", px=int(self.settings.node_timeout * 1000))
+        pipe.sadd(NODES, node)
+        for sid, member in self.registry.items():
+            pipe.hset(CONNS, sid, f"{node} {member.user or ''}")
+            pipe.sadd(f"relay:node:{node}:sids", sid)
+            if member.user is not None:
+                pipe.hset(f"relay:user:{member.user}", sid, node)
+            for room in member.rooms:
+                pipe.hset(_key(room, "members"), sid, self._member_json(member))
+        for room in rooms:
+            pipe.sadd(f"relay:node:{node}:rooms", room)
+            pipe.get(_key(room, "seq"))
+            pipe.get(_key(room, "epoch"))
+        replies = await pipe.execute()
+        tail = replies[len(replies) - 3 * len(rooms) :] if rooms else []
+        for i, room in enumerate(rooms):
+            feed = self.feeds.get(room)
+            if feed is None or not feed.anchored:
+                continue
+            seq, epoch = int(tail[3 * i + 1] or 0), tail[3 * i + 2]
+            if epoch != feed.epoch:  # Redis lost the room: its next offsets are a new epoch's
+                feed.epoch, feed.last = epoch, seq
+                feed.pending.clear()
+            elif feed.last < seq:
+                self.spawn(self._fill(feed, seq))
+
+    async def _heartbeat(self) -> None:
+        timeout = self.settings.node_timeout
+        node = self.node
+        alive = f"relay:node:{node}:alive"
+        px = int(timeout * 1000)
+        while True:
+            await asyncio.sleep(timeout / 3)
+            try:
+                await self.bus.call(lambda pipe: pipe.set(alive, "1", px=px))
+                await self.bus.call(lambda pipe: pipe.sadd(NODES, node))
+                nodes = await self.bus.call(lambda pipe: pipe.smembers(NODES))
+                for other in nodes:
+                    if other != node:
+                        key = f"relay:node:{other}:alive"
+                        if not await self._cmd("exists", key):
+                            await self._reap(other)
+                self.heartbeats += 1
+            except Unavailable:
+                continue  # (logged by the bus; the node is unhealthy meanwhile)
+
+    async def _reap(self, dead: str) -> None:
+        """Remove node ``dead``'s connections and members, announcing the leaves (once)."""
+        call = self.bus.call
+        lock = f"relay:node:{dead}:reaper"
+        px = int(self.settings.node_timeout * 4000)
+        if not await call(lambda pipe: pipe.set(lock, self.node, nx=True, px=px)):
+            return  # another node is at it
+        log.warning("cluster node %s stopped answering: removing its connections", dead)
+        sids = await call(lambda pipe: pipe.smembers(f"relay:node:{dead}:sids"))
+        for sid in sids:
+            value = await self._cmd("hget", CONNS, sid)
+            await self._cmd("hdel", CONNS, sid)
+            user = (value or "").partition(" ")[2]
+            if user:
+                await self._cmd("hdel", f"relay:user:{user}", sid)
+        rooms = await call(lambda pipe: pipe.smembers(f"relay:node:{dead}:rooms"))
+        for room in rooms:
+            members = await self._cmd("hgetall", _key(room, "members"))
+            for sid, value in members.items():
+                m = orjson.loads(value)
+                if m.get("node") != dead:
+                    continue
+                await self._cmd("hdel", _key(room, "members"), sid)
+                packet = envelope.event_packet(
+                    "presence",
+                    {"room": room, "action": "leave", "member": {"sid": sid, "user": m["user"]}},
+                )
+                self._publish_event(room, packet, "-")  # (every node tells its members)
+        keys = [f"relay:node:{dead}:sids", f"relay:node:{dead}:rooms"]
+        await call(lambda pipe: pipe.delete(*keys))
+        await call(lambda pipe: pipe.srem(NODES, dead))
+        self.reaped += 1
+
+    async def _cmd(self, name: str, *args: Any, **options: Any) -> Any:
+        """One Redis command through the bus: ``await self._cmd("hget", key, field)``."""
+        return await self.bus.call(lambda pipe: getattr(pipe, name)(*args, **options))
+
+    def sweep(self) -> int:
+        dropped = super().sweep()
+        for room in list(self.feeds):  # (rooms followed only for sessions that expired)
+            self._maybe_unfollow(room)
+        return dropped
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "cluster": {
+                "node": self.node,
+                "rooms_followed": len(self.feeds),
+                "redis_reconnects": self.bus.reconnects,
+                "nodes_reaped": self.reaped,
+                "heartbeats": self.heartbeats,
+                "gap_filled": self.filled,
+            },
+        }
+
+
+def _skip(value: str | None) -> str | None:
+    return None if value is None or value == "-" else value
+
+
+__all__ = ["ClusterRelay", "Feed"]

@@ -1,0 +1,110 @@
+"""A private ``redis-server`` and ``relay serve`` nodes pointing at it, each a subprocess."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RelayProcess, free_port, start_relay_process
+from tests.relay.conftest import Peers
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """``redis-server`` on a free port, without persistence: stopped, it restarts empty."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Nodes:
+    """``relay serve`` processes sharing one Redis; every one is stopped at the end."""
+
+    def __init__(self, redis: RedisServer) -> None:
+        self.redis = redis
+        self.procs: list[RelayProcess] = []
+
+    def start(self, **env: str) -> RelayProcess:
+        full = {
+            "REDIS_URL": self.redis.url,
+            "RELAY_PUBLISH_RATE": "0",
+            "RELAY_JOIN_RATE": "0",
+            "RELAY_DELIVERY_RATE": "0",
+            "RELAY_LOG_LEVEL": "info",
+            **env,
+        }
+        proc = start_relay_process(full)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.proc.poll() is None:
+                proc.proc.kill()
+            proc.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def nodes(redis_server: RedisServer) -> Iterator[Nodes]:
+    cluster = Nodes(redis_server)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Peers]:
+    """Connect with ``await clients(url=node.url, user=...)``; all are closed at the end."""
+    peers = Peers("http://unused", "websocket")
+    try:
+        yield peers
+    finally:
+        await peers.close()

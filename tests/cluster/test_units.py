@@ -1,0 +1,86 @@
+"""The cluster's pure parts, without Redis: connection options and a feed's ordering rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from relay.backends import make_relay
+from relay.backends.cluster import ClusterRelay
+from relay.backends.redis import connect, describe
+from relay.service import Relay
+from relay.settings import Settings
+
+
+class Recorder:
+    """A transport that records what each room was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str | None]] = []
+
+    def attach(self, sid: str, eio_sid: str) -> None: ...
+
+    def detach(self, sid: str) -> None: ...
+
+    def send(self, sid: str, packet: str) -> bool:
+        return True
+
+    def send_many(self, sids: Iterable[str], packet: str, skip: str | None = None) -> int:
+        return 0
+
+    def send_room(
+        self, room: str, version: int, sids: Iterable[str], packet: str, skip: str | None = None
+    ) -> int:
+        self.sent.append((room, packet, skip))
+        return 1
+
+    def hold_off(self, sid: str, seconds: float) -> None: ...
+
+
+def test_the_backend_is_chosen_by_redis_url() -> None:
+    transport: Any = Recorder()
+    assert type(make_relay(Settings(), transport)) is Relay
+    cluster = make_relay(Settings(redis_url="redis://127.0.0.1:1/0"), transport)
+    assert isinstance(cluster, ClusterRelay) and cluster.health()["redis"].startswith("unavail")
+
+
+def test_tls_verification_is_a_setting_and_passwords_stay_out_of_logs() -> None:
+    unverified = connect("rediss://:secret@example.com:6380/0", tls_verify=False)
+    assert unverified.connection_pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    verified = connect("rediss://:secret@example.com:6380/0", tls_verify=True)
+    assert verified.connection_pool.connection_kwargs.get("ssl_cert_reqs") != "none"
+    plain = connect("redis://127.0.0.1:6379", tls_verify=False)
+    assert "ssl_cert_reqs" not in plain.connection_pool.connection_kwargs
+    assert describe("rediss://user:secret@example.com:6380/2") == "rediss://example.com:6380/2"
+
+
+def channel(room: str) -> str:
+    return f"relay:{{{room}}}:ch"
+
+
+async def test_a_feed_delivers_in_offset_order_once_and_restarts_with_the_epoch() -> None:
+    transport = Recorder()
+    relay = ClusterRelay(Settings(redis_url="redis://127.0.0.1:1/0"), transport)
+    feed = relay._feed("r")
+    # before a join anchors it, arrivals wait
+    relay._on_message(channel("r"), "3 E1 n1 - p3")
+    relay._on_message(channel("r"), "4 E1 n1 sidx p4")
+    assert transport.sent == []
+    relay._anchor(feed, 2, "E1")  # the join read offset 2: 3 and 4 are live
+    assert transport.sent == [("r", "p3", None), ("r", "p4", "sidx")]
+    relay._on_message(channel("r"), "4 E1 n1 - p4")  # a duplicate
+    relay._on_message(channel("r"), "2 E1 n1 - p2")  # older than what was delivered
+    relay._on_message(channel("r"), "5 E1 n1 - p5")
+    assert [p for _, p, _ in transport.sent] == ["p3", "p4", "p5"] and feed.last == 5
+    # a presence event is outside the order, and its origin told its own members
+    relay._on_message(channel("r"), f"0 - {relay.node} - mine")
+    relay._on_message(channel("r"), "0 - other - theirs")
+    assert [p for _, p, _ in transport.sent][-1] == "theirs"
+    # a new epoch: the room's offsets started again
+    relay._on_message(channel("r"), "1 E2 n1 - q1")
+    assert transport.sent[-1][1] == "q1" and (feed.epoch, feed.last) == ("E2", 1)
+    # a room this node does not follow is not delivered
+    relay._on_message(channel("other"), "1 E1 n1 - x")
+    assert transport.sent[-1][1] == "q1"
+    for task in list(relay._tasks):
+        task.cancel()
