@@ -110,7 +110,7 @@ def uvicorn_config(settings: Settings, **extra: Any) -> uvicorn.Config:
     )
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A listening socket on ``host``:``port``, or ConfigError saying why there cannot be one.
 
     relay binds before anything starts (uvicorn binds after the application's start-up, so a
@@ -120,6 +120,8 @@ def listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
         sock.close()
@@ -136,8 +138,8 @@ def run(settings: Settings) -> None:
     Raises ConfigError, before anything starts, when the address cannot be listened on.
     With more than one process (:meth:`Settings.processes`), workers share the socket.
     """
-    sock = listen(settings.host, settings.port)
     processes = settings.processes()
+    sock = listen(settings.host, settings.port, reuse_port=processes > 1)
     if processes > 1:
         code = supervise(settings, sock, processes)
         if code:
@@ -157,10 +159,16 @@ RESTART_AFTER_S = 5.0
 
 
 def supervise(settings: Settings, sock: socket.socket, processes: int) -> int:
-    """Run ``processes`` workers on ``sock`` (forked: each builds its own application and
-    event loop, and the kernel hands each new connection to one of them) until SIGTERM or
-    SIGINT, which each worker gets to drain as a single relay does; a worker that dies is
-    started again. Returns the exit status: 0 when every worker stopped cleanly."""
+    """Run ``processes`` workers on ``sock``'s port until SIGTERM or SIGINT, which each worker
+    gets to drain as a single relay does; a worker that dies is started again. Returns the exit
+    status: 0 when every worker stopped cleanly.
+
+    Each worker is forked, builds its own application and event loop, and listens on a socket
+    of its own bound to the port with SO_REUSEPORT, so the kernel spreads new connections over
+    the workers by a hash of each connection's addresses (one shared listening socket would
+    give each connection to whichever worker woke first: under load, mostly the same one).
+    ``sock`` (bound with SO_REUSEPORT, never listening) holds the port for the supervisor's
+    lifetime, so a worker started again finds it free."""
     import logging.config
     import os
     import signal
@@ -177,7 +185,7 @@ def supervise(settings: Settings, sock: socket.socket, processes: int) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                serve_on(settings, sock)
+                serve_on(settings, listen(*_address(sock), reuse_port=True))
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -224,6 +232,11 @@ def supervise(settings: Settings, sock: socket.socket, processes: int) -> int:
         start(index)
     sock.close()
     return status
+
+
+def _address(sock: socket.socket) -> tuple[str, int]:
+    host, port = sock.getsockname()[:2]
+    return (f"[{host}]" if ":" in host else host), port
 
 
 def _where(sock: socket.socket) -> str:
