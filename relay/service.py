@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relay import envelope
 from relay.auth import Identity
+from relay.deferred import Deferred
 from relay.errors import BadRequest, NotFound, RateLimited, Unavailable
 from relay.fanout import FanoutTimer
 from relay.history import History
@@ -262,9 +263,22 @@ class Relay:
     def _publish_reported(
         self, sender: Sender, room: str, event: str, data: Any, exclude_self: bool = False
     ) -> envelope.Message:
-        message = Relay.publish(self, sender, room, event, data, exclude_self)
-        if sender.sid is not None and self.hooks is not None:  # (clients', not the HTTP API's)
-            self.hooks.published(sender.sid, sender.user, room, event, message.offset)
+        hooks = self.hooks
+        try:
+            # (the class's own publish: a backend's, not necessarily this module's)
+            message = type(self).publish(self, sender, room, event, data, exclude_self)
+        except Deferred as later:  # a backend answering later: report once it has the offset
+            if sender.sid is not None and hooks is not None:
+                sid, user = sender.sid, sender.user
+
+                def report(task: Any) -> None:
+                    if not task.cancelled() and task.exception() is None:
+                        hooks.published(sid, user, room, event, task.result().get("offset"))
+
+                later.task.add_done_callback(report)
+            raise
+        if sender.sid is not None and hooks is not None:  # (clients', not the HTTP API's)
+            hooks.published(sender.sid, sender.user, room, event, message.offset)
         return message
 
     def direct(
