@@ -199,7 +199,9 @@ async def test_a_hanging_receiver_costs_events_not_latency(peers: list[Peers]) -
                 lambda: live.relay.hooks.dropped["expired"] > 0, timeout=10, interval=0.05
             )
             stats = (await healthz(live))["webhooks"]
-            assert 0 < stats["queued"] <= 50
+            # (bounded; how much is still queued at this moment depends on when the last
+            # batch expired, so only the bound is checked, with the overflow it caused)
+            assert stats["queued"] <= 50
             assert stats["dropped"]["queue_full"] > 0 and stats["dropped"]["expired"] > 0
             assert stats["retries"] > 0 and stats["sent"] == 0
             assert len(receiver.requests) >= 2  # retried (each attempt timed out)
