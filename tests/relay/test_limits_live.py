@@ -305,7 +305,9 @@ async def test_events_read_with_a_refused_one_are_handled_after_the_pause_in_ord
                 answers.append(await ws.ack(i, timeout=15))
                 times.append(time.monotonic())
             assert [a["ok"] for a in answers[:3]] == [True, True, False]  # burst 2, refused
-            assert times[3] - times[2] >= 0.25  # the rest waited for the pause
+            # the rest waited for the pause (0.25 s at least, from the refusal; seen here, the
+            # gap can be a little shorter: the refusal's ack itself may reach us late)
+            assert times[3] - times[2] >= 0.2
             accepted = [a["offset"] for a in answers if a["ok"]]
             assert accepted == list(range(1, len(accepted) + 1)) and len(accepted) >= 3
             assert all(a["error"]["code"] == "rate_limited" for a in answers if not a["ok"])
