@@ -20,7 +20,7 @@ from typing import Any
 import jwt
 
 from relay import names
-from relay.errors import BadRequest, Forbidden, Unauthorized
+from relay.errors import BadRequest, Forbidden, RelayError, Unauthorized
 
 ALGORITHM = "HS256"
 LEEWAY_S = 5  # clocks of token issuers and relay may differ by a few seconds
@@ -115,14 +115,18 @@ class Identity:
 OPEN = Identity(None)
 
 
-def _rooms_claim(value: Any) -> tuple[str, ...] | None:
+def room_patterns(
+    value: Any, what: str, error: type[RelayError] = Unauthorized
+) -> tuple[str, ...] | None:
+    """``value`` as room patterns (a token's claim, a connect hook's answer), bounded in count
+    and length, or ``error`` saying what (``what``: "the token's 'rooms' claim") is wrong."""
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
-        raise Unauthorized("the token's 'rooms' claim must be a list of room patterns")
+        raise error(f"{what} must be a list of room patterns")
     if len(value) > MAX_PATTERNS or any(len(p) > MAX_PATTERN_LENGTH for p in value):
-        raise Unauthorized(
-            f"the token's 'rooms' claim may hold at most {MAX_PATTERNS} patterns of at most"
+        raise error(
+            f"{what} may hold at most {MAX_PATTERNS} patterns of at most"
             f" {MAX_PATTERN_LENGTH} characters"
         )
     return tuple(value)
@@ -164,7 +168,11 @@ def verify_token(token: Any, secret: str) -> Identity:
         user = names.user_name(sub, "sub")
     except BadRequest as exc:
         raise Unauthorized(f"the token's {exc.message}") from None
-    return Identity.scoped(user, _rooms_claim(claims.get("rooms")), _expiry(claims.get("exp")))
+    return Identity.scoped(
+        user,
+        room_patterns(claims.get("rooms"), "the token's 'rooms' claim"),
+        _expiry(claims.get("exp")),
+    )
 
 
 def authenticate(auth: Any, secret: str | None) -> Identity:

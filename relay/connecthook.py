@@ -41,7 +41,7 @@ import orjson
 import socketio
 
 from relay import __version__, envelope, names
-from relay.auth import MAX_PATTERN_LENGTH, MAX_PATTERNS, Identity
+from relay.auth import Identity, room_patterns
 from relay.errors import BadRequest, Forbidden, RelayError, Unauthorized, Unavailable
 from relay.settings import Settings
 from relay.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -80,20 +80,8 @@ def decide(answer: Any) -> Identity:
             user = names.user_name(user)
         except BadRequest as exc:
             raise Unavailable(f"the connect hook's {exc.message}") from None
-    return Identity.scoped(user, _rooms(answer.get("rooms")))
-
-
-def _rooms(value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
-        raise Unavailable("the connect hook's 'rooms' must be a list of room patterns")
-    if len(value) > MAX_PATTERNS or any(len(p) > MAX_PATTERN_LENGTH for p in value):
-        raise Unavailable(
-            f"the connect hook's 'rooms' may hold at most {MAX_PATTERNS} patterns of at most"
-            f" {MAX_PATTERN_LENGTH} characters"
-        )
-    return tuple(value)
+    rooms = room_patterns(answer.get("rooms"), "the connect hook's 'rooms'", Unavailable)
+    return Identity.scoped(user, rooms)
 
 
 def client_ip(sio: Any, eio_sid: str, environ: Mapping[str, Any], trust_proxy: bool) -> str | None:
