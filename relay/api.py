@@ -251,7 +251,7 @@ class Api:
         (an item refused does not stop the others). The batch costs as many API tokens as it
         has items beyond the first, so batching is no way around RELAY_API_RATE."""
         body = await self._json(request)
-        items = apispec.OPERATIONS_BY_ID["batch"].body.check(body)["items"]  # type: ignore[union-attr]
+        items = apispec.BATCH_BODY.check(body)["items"]
         if not isinstance(items, list) or not 1 <= len(items) <= apispec.BATCH_MAX:
             raise BadRequest(f"'items' must be an array of 1 to {apispec.BATCH_MAX} items")
         self._throttle(request, len(items) - 1)

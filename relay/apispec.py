@@ -197,6 +197,17 @@ BATCH_ITEM = Body(
     one_of=("room", "user", "to"),
 )
 
+BATCH_BODY = Body(
+    (
+        Field(
+            "items",
+            "any",
+            required=True,
+            description=f"1 to {BATCH_MAX} items, each a publish (room) or a send (user or to)",
+        ),
+    )
+)
+
 HISTORY_SINCE = QueryInt("since", 0, 0, 2**63 - 1, "messages with an offset greater than this")
 HISTORY_LIMIT = QueryInt("limit", 100, 1, 1000, "most messages in the page")
 ROOMS_AFTER = QueryStr("after", "room", "the last room of the previous page (rooms are sorted)")
@@ -305,17 +316,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/api/v1/batch",
         "batch",
         f"Up to {BATCH_MAX} publishes and sends in one request, answered item by item in order",
-        body=Body(
-            (
-                Field(
-                    "items",
-                    "any",
-                    required=True,
-                    description=f"1 to {BATCH_MAX} items, each a publish (room) or a send "
-                    "(user or to)",
-                ),
-            )
-        ),
+        body=BATCH_BODY,
         answer=_object(
             {"results": {"type": "array", "items": BATCH_RESULT, "maxItems": BATCH_MAX}}
         ),
@@ -397,8 +398,6 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(404,),
     ),
 )
-
-OPERATIONS_BY_ID = {op.operation_id: op for op in OPERATIONS}
 
 #: errors any endpoint may answer (with a key set: 401; always: 400 and 429)
 COMMON_ERRORS = (400, 401, 429)
