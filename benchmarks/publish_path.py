@@ -16,8 +16,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's relay
 
+from relay.core.service import Relay, Sender
 from relay.limits import OFF
-from relay.service import Relay, Sender
 from relay.settings import Settings
 
 

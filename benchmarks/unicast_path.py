@@ -136,9 +136,9 @@ BY_FUNCTION: dict[str, int] | None = None
 
 
 def _flusher(loop: asyncio.AbstractEventLoop) -> Any:
-    from relay import fastws
+    from relay.wire.flusher import flusher_for
 
-    return fastws.flusher_for(loop)
+    return flusher_for(loop)
 
 
 async def main(a: argparse.Namespace) -> None:

@@ -24,9 +24,9 @@ from rich.text import Text
 from relay.cli.console import fail, note, stdout_closed, stdout_console, warn
 from relay.cli.help import Command
 from relay.cli.render import clock_text, json_line
+from relay.core.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, check_signature
 from relay.errors import ConfigError
 from relay.settings import parse_url
-from relay.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, check_signature
 
 if TYPE_CHECKING:
     import aiohttp

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from relay.auth import issue_token
 from relay.cli.console import fail
 from relay.cli.help import Command
+from relay.core.auth import issue_token
 from relay.errors import ConfigError, RelayError
 from relay.settings import parse_duration
 

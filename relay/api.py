@@ -18,7 +18,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match, Route
 
 from relay import __version__, apispec, names
-from relay.deferred import Deferred
+from relay.core.deferred import Deferred
+from relay.core.service import HTTP_SENDER, Relay
 from relay.errors import (
     BadRequest,
     Internal,
@@ -29,7 +30,6 @@ from relay.errors import (
     Unauthorized,
 )
 from relay.limits import Buckets
-from relay.service import HTTP_SENDER, Relay
 from relay.settings import Settings
 
 log = logging.getLogger("relay.api")
@@ -124,7 +124,7 @@ class Api:
                 self._throttle(request)
                 try:
                     return await endpoint(request)
-                except Deferred as later:  # a backend that answers later (relay.deferred)
+                except Deferred as later:  # a backend that answers later (relay.core.deferred)
                     ack = await later.task
                     return json_response({k: v for k, v in ack.items() if k != "ok"})
             except RelayError as exc:
@@ -276,7 +276,7 @@ class Api:
                     data=fields["data"],
                 )
                 return {"ok": True, "id": message.id, "delivered": delivered}
-            except Deferred as later:  # a backend that answers later (relay.deferred)
+            except Deferred as later:  # a backend that answers later (relay.core.deferred)
                 ack: dict[str, Any] = await later.task
                 return {**ack, "ok": True}
         except RelayError as exc:
@@ -294,7 +294,7 @@ async def _read(relay: Relay, room: str, since: int, limit: int) -> list[tuple[i
     """One chunk of ``room``'s history after ``since``: (offset, envelope JSON) pairs."""
     try:
         return relay.history_page(room, since, limit)
-    except Deferred as later:  # a backend that answers later (relay.deferred)
+    except Deferred as later:  # a backend that answers later (relay.core.deferred)
         chunk: list[tuple[int, str]] = await later.task
         return chunk
 
@@ -313,12 +313,12 @@ async def _history_body(
     The server's send waits for the client to read (uvicorn's flow control) between chunks,
     and nothing of the page is held in between, so a page of 1,000 large messages that is
     never read costs a chunk, not the page (nor keeps trimmed messages alive). Each envelope
-    is the text cut from the message's packet (relay.envelope), never re-encoded.
+    is the text cut from the message's packet (relay.core.envelope), never re-encoded.
 
     The page names the room's epoch (when the room is known) and holds only messages of it:
     if the room is forgotten and made again while the page is read, the page ends there.
     """
-    # the room's epoch, its offsets' life (relay.history); none for a room not known
+    # the room's epoch, its offsets' life (relay.core.history); none for a room not known
     head = b"" if epoch is None else b',"epoch":' + orjson.dumps(epoch)
     yield b'{"room":' + orjson.dumps(room) + head + b',"messages":['
     sent = 0

@@ -21,19 +21,20 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from relay import __version__, connecthook, envelope, handlers, metrics, names
+from relay import __version__, connecthook, handlers, metrics, names
 from relay.api import Api
 from relay.backends import make_relay
-from relay.edge import EdgeGuard
-from relay.engine import RelayEngine
+from relay.core import envelope
+from relay.core.service import Relay
+from relay.core.webhooks import Webhooks
 from relay.errors import Unauthorized
-from relay.fastws import FastWebSocketProtocol
 from relay.page import IndexPage
-from relay.service import Relay
 from relay.settings import Settings
-from relay.sio import RelayManager, RelaySocketIO
-from relay.transport import EngineIOTransport
-from relay.webhooks import Webhooks
+from relay.wire.engine import RelayEngine
+from relay.wire.guard import EdgeGuard
+from relay.wire.sio import RelayManager, RelaySocketIO
+from relay.wire.transport import EngineIOTransport
+from relay.wire.websocket import FastWebSocketProtocol
 
 log = logging.getLogger("relay")
 
@@ -99,8 +100,9 @@ def build_sio(settings: Settings) -> socketio.AsyncServer:
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         max_http_buffer_size=settings.max_frame,
-        max_buffer=settings.max_buffer,  # per-connection send buffer (relay.engine)
-        connect_timeout=settings.connect_timeout,  # a session without a namespace (relay.engine)
+        max_buffer=settings.max_buffer,  # per-connection send buffer (relay.wire.engine)
+        # a session without a namespace (relay.wire.engine)
+        connect_timeout=settings.connect_timeout,
         logger=False,
         engineio_logger=False,
     )
@@ -136,7 +138,8 @@ class RelayApp(Starlette):
         self, proto: FastWebSocketProtocol, path: str, query: bytes, headers: Any
     ) -> bool:
         """A new Engine.IO websocket on ``/socket.io/``, opened without ASGI when the engine can
-        (:meth:`relay.engine.RelayEngine.accept_websocket`; see :data:`relay.fastws.DIRECT`)."""
+        (:meth:`relay.wire.engine.RelayEngine.accept_websocket`; see
+        :data:`relay.wire.handshake.DIRECT`)."""
         sio_app = self.socketio_app
         if sio_app is None or path != SOCKETIO_PREFIX:
             return False

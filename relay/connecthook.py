@@ -40,17 +40,18 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import socketio
 
-from relay import __version__, envelope, names
-from relay.auth import Identity, room_patterns
+from relay import __version__, names
+from relay.core import envelope
+from relay.core.auth import Identity, room_patterns
+from relay.core.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from relay.errors import BadRequest, Forbidden, RelayError, Unauthorized, Unavailable
 from relay.settings import Settings
-from relay.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 if TYPE_CHECKING:
     import aiohttp
 
+    from relay.core.service import Relay
     from relay.handlers import Admission
-    from relay.service import Relay
 
 log = logging.getLogger("relay.connecthook")
 

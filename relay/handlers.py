@@ -11,13 +11,13 @@ from typing import Any
 import socketio
 
 from relay import names
-from relay.auth import Identity, authenticate
-from relay.deferred import Deferred
-from relay.engine import RelayEngine
+from relay.core.auth import Identity, authenticate
+from relay.core.deferred import Deferred
+from relay.core.recovery import Session
+from relay.core.service import Relay, Sender
 from relay.errors import BadRequest, Internal, RelayError
-from relay.recovery import Session
-from relay.service import Relay, Sender
-from relay.sio import FastHandler, RelaySocketIO
+from relay.wire.engine import RelayEngine
+from relay.wire.sio import FastHandler, RelaySocketIO
 
 log = logging.getLogger("relay.handlers")
 
@@ -115,7 +115,7 @@ def run(
     relay: Relay, event: str, handler: Handler, sid: str, args: Sequence[Any]
 ) -> Ack | asyncio.Task[Ack]:
     """``handler`` on the event's ``args``; its ack, or the contract's error ack, or (a backend
-    that answers later: relay.deferred) the task whose result is the ack."""
+    that answers later: relay.core.deferred) the task whose result is the ack."""
     try:
         return handler(relay, sid, names.payload(args, event))
     except Deferred as later:
@@ -139,7 +139,7 @@ def identify(relay: Relay, auth: Any) -> Identity:
 
 
 class Admission:
-    """One accepted connection on "/": new, or taking over a dropped one (relay.recovery)."""
+    """One accepted connection on "/": new, or taking over a dropped one (relay.core.recovery)."""
 
     def __init__(self, relay: Relay, identity: Identity, session: Session | None) -> None:
         self.relay = relay

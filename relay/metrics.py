@@ -28,14 +28,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from relay import fastws
 from relay.api import error_response
 from relay.connecthook import ConnectHook
-from relay.edge import EdgeGuard
+from relay.core.service import Relay
+from relay.core.webhooks import Webhooks
 from relay.errors import Unauthorized
-from relay.service import Relay
 from relay.settings import Settings
-from relay.webhooks import Webhooks
+from relay.wire.flusher import flusher_for
+from relay.wire.guard import EdgeGuard
 
 
 class RelayCollector(Collector):
@@ -87,7 +87,9 @@ class RelayCollector(Collector):
             "relay_rooms", "Rooms with at least one member", value=relay.registry.room_count()
         )
         yield GaugeMetricFamily(
-            "relay_rooms_known", "Rooms kept (with members or history)", value=len(relay.history)
+            "relay_rooms_known",
+            "Rooms kept (with members or history)",
+            value=len(relay.history),
         )
         yield GaugeMetricFamily(
             "relay_history_bytes", "Bytes of history held", value=relay.history.bytes
@@ -124,7 +126,7 @@ class RelayCollector(Collector):
         for name, count in self.edge.refused.items():
             limited.add_metric([name], count)
         yield limited
-        flusher = fastws.flusher_for(asyncio.get_running_loop())
+        flusher = flusher_for(asyncio.get_running_loop())
         yield CounterMetricFamily(
             "relay_slow_clients_dropped",
             "Connections dropped for not reading (send buffer over RELAY_MAX_BUFFER)",
@@ -171,7 +173,7 @@ class RelayCollector(Collector):
 
 
 def _queued(sock: Any) -> int:
-    """Bytes waiting for one session: its websocket's (relay.fastws, the transport's buffer
+    """Bytes waiting for one session: its websocket's (relay.wire.websocket, the transport's buffer
     included), or its long-poll queue's."""
     fast = getattr(sock, "fast", None)
     if fast is not None:

@@ -15,8 +15,9 @@ import uvicorn
 from relay import gctune, logjson
 from relay.app import create_app, drain
 from relay.errors import ConfigError
-from relay.fastws import FastWebSocketProtocol, HttpProtocol
 from relay.settings import Settings
+from relay.wire.http import HttpProtocol
+from relay.wire.websocket import FastWebSocketProtocol
 
 log = logging.getLogger("relay")
 
@@ -70,7 +71,7 @@ def log_config(level: str, fmt: str = "text") -> dict[str, Any]:
         "level": "DEBUG" if level == "trace" else level.upper(),
         "propagate": False,
     }
-    # each websocket's "connection open" / "[accepted]" lines: debug only (see relay.fastws)
+    # each websocket's "connection open" / "[accepted]" lines: debug only (see relay.wire.websocket)
     config["loggers"]["relay.ws"] = {
         "handlers": ["default"],
         "level": "DEBUG" if level in ("debug", "trace") else "WARNING",
@@ -80,7 +81,7 @@ def log_config(level: str, fmt: str = "text") -> dict[str, Any]:
 
 
 #: seconds an idle keep-alive HTTP connection stays open between requests (uvicorn's timer;
-#: until a request's headers and body are in, relay.edge's header timeout applies instead)
+#: until a request's headers and body are in, relay.wire.guard's header timeout applies instead)
 KEEP_ALIVE = 5
 
 

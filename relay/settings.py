@@ -218,7 +218,7 @@ class Settings:
     #: take the client's IP from the last X-Forwarded-For entry (behind Heroku's router, a
     #: load balancer); off, the socket's peer is the client
     trust_proxy: bool = False
-    # -- webhooks (relay.webhooks): on when a URL is set; a URL needs a secret --
+    # -- webhooks (relay.core.webhooks): on when a URL is set; a URL needs a secret --
     webhook_url: str | None = None
     webhook_secret: str | None = None
     #: event-name patterns of client publishes to report (none: publishes are not reported)

@@ -1,15 +1,15 @@
 """Backends: where rooms, offsets and history live, chosen once at start-up.
 
-Unset ``REDIS_URL``: the in-memory core (:class:`relay.service.Relay`), one process. Set: the
+Unset ``REDIS_URL``: the in-memory core (:class:`relay.core.service.Relay`), one process. Set: the
 cluster core (:class:`relay.backends.cluster.ClusterRelay`), several processes sharing one
-Redis. The handlers and the HTTP API never ask which: see :mod:`relay.deferred`.
+Redis. The handlers and the HTTP API never ask which: see :mod:`relay.core.deferred`.
 """
 
 from __future__ import annotations
 
-from relay.service import Relay
+from relay.core.service import Relay
 from relay.settings import Settings
-from relay.transport import Transport
+from relay.wire.transport import Transport
 
 
 def make_relay(settings: Settings, transport: Transport) -> Relay:

@@ -52,16 +52,16 @@ from typing import Any
 
 import orjson
 
-from relay import envelope
-from relay.auth import Identity
 from relay.backends import scripts
 from relay.backends.redis import Bus, connect, describe
-from relay.deferred import Deferred
+from relay.core import envelope
+from relay.core.auth import Identity
+from relay.core.deferred import Deferred
+from relay.core.rooms import Member
+from relay.core.service import Relay, Sender
 from relay.errors import BadRequest, RateLimited, RelayError, Unavailable
-from relay.rooms import Member
-from relay.service import Relay, Sender
 from relay.settings import Settings
-from relay.transport import Transport
+from relay.wire.transport import Transport
 
 log = logging.getLogger("relay.cluster")
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from relay.service import HTTP_SENDER
+from relay.core.service import HTTP_SENDER
 from tests.cli.clirun import (
     finish,
     invoke,

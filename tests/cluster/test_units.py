@@ -8,7 +8,7 @@ from typing import Any
 from relay.backends import make_relay
 from relay.backends.cluster import ClusterRelay
 from relay.backends.redis import connect, describe
-from relay.service import Relay
+from relay.core.service import Relay
 from relay.settings import Settings
 
 

@@ -20,8 +20,8 @@ import pytest
 import socketio
 from playwright.sync_api import Browser, BrowserContext, Route, expect, sync_playwright
 
-from relay.auth import issue_token
 from relay.cli.render import sender_text
+from relay.core.auth import issue_token
 from relay.limits import OFF, Rate
 from relay.settings import Settings
 from tests.conftest import LiveRelay, free_port, serve_in_thread, start_relay_process

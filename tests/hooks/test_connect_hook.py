@@ -12,7 +12,7 @@ import httpx
 import pytest
 import socketio
 
-from relay.auth import issue_token
+from relay.core.auth import issue_token
 from relay.errors import ConfigError
 from relay.limits import OFF
 from relay.settings import Settings

@@ -1,4 +1,4 @@
-"""relay.webhooks' pure parts: signing, checking, backoff, the publish match cache."""
+"""relay.core.webhooks' pure parts: signing, checking, backoff, the publish match cache."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import hmac
 import time
 from typing import Any
 
-from relay import webhooks
-from relay.rooms import Member
+from relay.core import webhooks
+from relay.core.rooms import Member
+from relay.core.webhooks import Webhooks, backoff, check_signature, event_dict, retry_after, sign
 from relay.settings import Settings
-from relay.webhooks import Webhooks, backoff, check_signature, event_dict, retry_after, sign
 from tests.conftest import ROOT
 
 

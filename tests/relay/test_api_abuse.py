@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from relay import envelope
+from relay.core import envelope
 from relay.settings import Settings
 from tests.conftest import ROOT, serve_in_thread, start_relay_process, wait_for
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.auth import authenticate, compile_patterns, issue_token, verify_token
+from relay.core.auth import authenticate, compile_patterns, issue_token, verify_token
 from relay.errors import BadRequest, Forbidden, Unauthorized
 
 SECRET = "test-secret-with-enough-length-for-hs256"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import socketio
 
-from relay.auth import issue_token
+from relay.core.auth import issue_token
 from relay.settings import Settings
 from tests.conftest import LiveRelay, serve_in_thread
 

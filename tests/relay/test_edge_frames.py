@@ -25,7 +25,8 @@ import pytest
 import websockets.speedups
 import websockets.utils
 
-from relay.fastws import MAX_FRAGMENTS, FastWebSocketProtocol
+from relay.wire.frames import MAX_FRAGMENTS
+from relay.wire.websocket import FastWebSocketProtocol
 from tests.conftest import ROOT, start_relay_process
 from tests.conftest import masked_frame as frame
 
@@ -229,14 +230,14 @@ import asyncio, sys
 from types import SimpleNamespace
 sys.modules["websockets.speedups"] = None  # as if websockets were built without it
 import websockets.utils
-from relay import fastws
+from relay.wire import frames, websocket
 from tests.conftest import masked_frame
 
-assert fastws.apply_mask is websockets.utils.apply_mask
+assert frames.apply_mask is websockets.utils.apply_mask
 
 async def main():
     config = SimpleNamespace(loaded=True, loaded_app=None, ws_max_size=1 << 20)
-    proto = fastws.FastWebSocketProtocol(config, SimpleNamespace(), {})
+    proto = websocket.FastWebSocketProtocol(config, SimpleNamespace(), {})
     got = []
     proto.on_message = got.append
     text = "h\u00e9llo" * 1000

@@ -1,4 +1,4 @@
-"""relay.envelope: ids, payload limits and the once-encoded packet, without sockets."""
+"""relay.core.envelope: ids, payload limits and the once-encoded packet, without sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from relay import envelope
+from relay.core import envelope
 from relay.errors import BadRequest, TooLarge
 
 

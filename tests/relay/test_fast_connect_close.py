@@ -20,10 +20,10 @@ import orjson
 import pytest
 import socketio
 
-from relay import engine, fastws
 from relay.app import create_app
-from relay.auth import issue_token
+from relay.core.auth import issue_token
 from relay.settings import Settings
+from relay.wire import engine, websocket
 from tests.conftest import LiveRelay, masked_frame, serve_in_thread, wait_for
 from tests.relay.test_lifecycle import _http_answer, _read_frame
 
@@ -36,18 +36,18 @@ class Calls:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.counts = {"drain": 0, "asgi": 0}
         drain = engine.RelaySocket._drain
-        run_asgi = fastws.FastWebSocketProtocol.run_asgi
+        run_asgi = websocket.FastWebSocketProtocol.run_asgi
 
         async def counted_drain(sock: engine.RelaySocket) -> None:
             self.counts["drain"] += 1
             await drain(sock)
 
-        async def counted_asgi(proto: fastws.FastWebSocketProtocol) -> None:
+        async def counted_asgi(proto: websocket.FastWebSocketProtocol) -> None:
             self.counts["asgi"] += 1
             await run_asgi(proto)
 
         monkeypatch.setattr(engine.RelaySocket, "_drain", counted_drain)
-        monkeypatch.setattr(fastws.FastWebSocketProtocol, "run_asgi", counted_asgi)
+        monkeypatch.setattr(websocket.FastWebSocketProtocol, "run_asgi", counted_asgi)
 
 
 def _leftovers(live: LiveRelay, eio_sid: str, sid: str) -> list[str]:
@@ -287,7 +287,7 @@ async def test_origins_are_still_checked_when_not_everyone_is_allowed(
 
 
 async def test_http_requests_still_see_their_addresses(live_relay: LiveRelay) -> None:
-    # relay.fastws.HttpProtocol looks the addresses up only for a request that is not an upgrade
+    # relay.wire.http.HttpProtocol looks the addresses up only for a request that is not an upgrade
     seen: list[Any] = []
     app = live_relay.app
     call = type(app).__call__

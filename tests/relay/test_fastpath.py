@@ -9,9 +9,9 @@ from typing import Any
 import socketio
 from websockets.frames import Frame
 
-from relay.fastws import text_frame
 from relay.settings import Settings
-from relay.sio import RelayManager
+from relay.wire.frames import text_frame
+from relay.wire.sio import RelayManager
 from tests.conftest import LiveRelay, serve_in_thread, wait_for
 
 
@@ -155,8 +155,8 @@ async def test_websocket_environ_headers_as_python_engineio_translates_them() ->
     # CONTENT_* entries as python-engineio's translate_request, repeats joined, bad bytes skipped
     from engineio.async_drivers.asgi import translate_request
 
-    from relay import engine
-    from relay.engine import websocket_environ
+    from relay.wire import engine
+    from relay.wire.engine import websocket_environ
 
     headers = [
         (b"host", b"127.0.0.1"),

@@ -1,4 +1,4 @@
-"""relay.fastws's frame reader: its one-whole-frame shortcut and its general loop agree.
+"""relay.wire.websocket's frame reader: its one-whole-frame shortcut and its general loop agree.
 
 ``data_received`` takes a read holding exactly one whole, final, masked text frame under
 64 KiB on a shortcut, and everything else through the general loop. The same frames fed as
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from relay.fastws import FastWebSocketProtocol
+from relay.wire.websocket import FastWebSocketProtocol
 from tests.conftest import masked_frame
 
 MAX_SIZE = 1000

@@ -1,9 +1,9 @@
-"""relay.history: offsets, bounds and replay windows, with an injected clock."""
+"""relay.core.history: offsets, bounds and replay windows, with an injected clock."""
 
 from __future__ import annotations
 
-from relay import envelope
-from relay.history import History
+from relay.core import envelope
+from relay.core.history import History
 
 
 class Clock:

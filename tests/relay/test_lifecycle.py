@@ -1,4 +1,4 @@
-"""relay's own websocket protocol (relay.fastws): the handshake, raw frames, and clean-up.
+"""relay's own websocket protocol (relay.wire.websocket): the handshake, raw frames, and clean-up.
 
 A raw client on a real socket checks the wire; python-socketio clients check that connecting
 and leaving many times leaves nothing behind in the server.
@@ -16,7 +16,7 @@ from typing import Any
 
 import socketio
 
-from relay import engine, fastws
+from relay.wire import engine, websocket
 from tests.conftest import LiveRelay, masked_frame, wait_for
 
 PATH = "/socket.io/?EIO=4&transport=websocket"
@@ -143,7 +143,7 @@ def _per_connection_state(live: LiveRelay) -> dict[str, Any]:
     protocols = [
         c
         for c in live.server.server_state.connections
-        if isinstance(c, fastws.FastWebSocketProtocol)
+        if isinstance(c, websocket.FastWebSocketProtocol)
     ]
     return {
         "engine.io sessions": len(sio.eio.sockets),
@@ -208,7 +208,7 @@ async def test_raw_disconnects_are_cleaned_up_too(live_relay: LiveRelay) -> None
     await wait_for(
         lambda: (
             not any(
-                isinstance(c, fastws.FastWebSocketProtocol)
+                isinstance(c, websocket.FastWebSocketProtocol)
                 for c in live_relay.server.server_state.connections
             )
         )

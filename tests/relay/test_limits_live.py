@@ -13,7 +13,7 @@ import jwt
 import orjson
 import socketio
 
-from relay.auth import issue_token
+from relay.core.auth import issue_token
 from relay.limits import OFF, Rate
 from relay.settings import Settings
 from tests.conftest import serve_in_thread, wait_for

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 
 from relay.settings import Settings
-from relay.sio import MAX_ATTACHMENTS
+from relay.wire.sio import MAX_ATTACHMENTS
 from tests.conftest import LiveRelay
 from tests.relay.conftest import unique
 from tests.relay.raw import TIMEOUT, RawPolling, RawWs

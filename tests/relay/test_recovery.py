@@ -16,9 +16,9 @@ import pytest
 import socketio
 import websockets
 
-from relay.auth import issue_token
+from relay.core.auth import issue_token
+from relay.core.recovery import Recovery
 from relay.errors import ConfigError
-from relay.recovery import Recovery
 from relay.settings import Settings
 from tests.conftest import LiveRelay, serve_in_thread, wait_for
 from tests.relay.conftest import TIMEOUT, unique

@@ -1,8 +1,8 @@
-"""relay.rooms: who is where, kept both ways, without sockets."""
+"""relay.core.rooms: who is where, kept both ways, without sockets."""
 
 from __future__ import annotations
 
-from relay.rooms import Registry
+from relay.core.rooms import Registry
 
 
 def test_connect_join_leave_disconnect() -> None:

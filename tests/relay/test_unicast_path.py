@@ -17,10 +17,10 @@ from engineio import packet as eio_packet
 
 from relay import handlers
 from relay.app import build_sio
-from relay.engine import RelaySocket
-from relay.service import Relay
+from relay.core.service import Relay
 from relay.settings import Settings
-from relay.transport import EngineIOTransport
+from relay.wire.engine import RelaySocket
+from relay.wire.transport import EngineIOTransport
 from tests.conftest import LiveRelay, serve_in_thread
 from tests.relay.conftest import Peer, Peers, unique
 

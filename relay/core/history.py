@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from relay.envelope import Message
+from relay.core.envelope import Message
 
 #: random bytes in an epoch (each 3 make 4 characters of URL-safe base64: 12 characters)
 EPOCH_BYTES = 9

@@ -35,11 +35,11 @@ from bidict import bidict
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from relay import fastws
-from relay.engine import RelayEngine, RelaySocket
 from relay.errors import BadRequest, Internal, RelayError
+from relay.wire.engine import RelayEngine, RelaySocket
+from relay.wire.frames import text_frame
 
-log = logging.getLogger("relay.sio")
+log = logging.getLogger("relay.wire.sio")
 
 #: a plain event handler: (sid, the event's arguments) -> the ack's argument (RelaySocketIO)
 FastHandler = Callable[[str, list[Any]], Any]
@@ -154,7 +154,7 @@ class RelayManager(socketio.AsyncManager):  # type: ignore[misc]
 
 
 class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's ASGI server on :class:`relay.engine.RelayEngine`."""
+    """python-socketio's ASGI server on :class:`relay.wire.engine.RelayEngine`."""
 
     manager_initialized: bool
 
@@ -367,7 +367,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
     def handle_packet_now(self, eio_sid: str, data: Any) -> bool:
         """:meth:`handle_message_now`, plus CONNECT and DISCONNECT on "/" when they need no
         await (relay's gate and disconnect handler, on relay's websocket path): what
-        :class:`relay.engine.RelayEngine` calls for a websocket's messages."""
+        :class:`relay.wire.engine.RelayEngine` calls for a websocket's messages."""
         if type(data) is str:
             kind = data[:1]
             if kind == "2":  # an EVENT, the commonest by far
@@ -403,7 +403,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         try:
             admission = gate(auth)
         except socketio.exceptions.ConnectionRefusedError as exc:
-            fast.write_frame(fastws.text_frame(b"44" + orjson.dumps(exc.error_args)))
+            fast.write_frame(text_frame(b"44" + orjson.dumps(exc.error_args)))
             return True
         sid = None
         if admission.sid is not None:
@@ -411,10 +411,10 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         if sid is None:
             sid = manager.pre_connect_now(eio_sid, "/")
         if sid is None:  # this Engine.IO session is already connected to "/"
-            fast.write_frame(fastws.text_frame(b'44"Unable to connect"'))
+            fast.write_frame(text_frame(b'44"Unable to connect"'))
             return True
         answer = admission.before_connect(sid, eio_sid)
-        reply = fastws.text_frame(b"40" + orjson.dumps(answer))
+        reply = text_frame(b"40" + orjson.dumps(answer))
         fast.write_now(reply)  # (at once when nothing is queued before it; within the bound)
         manager.connect_now(sid, "/")
         admission.after_connect()
@@ -490,7 +490,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             body = b"43%d" % ack_id + orjson.dumps([result])
         elif result is None:
             body = b"43%d[]" % ack_id
-        elif isinstance(result, asyncio.Future):  # answered later (relay.deferred)
+        elif isinstance(result, asyncio.Future):  # answered later (relay.core.deferred)
             result.add_done_callback(functools.partial(self._ack_when_done, eio_sid, ack_id))
             return True
         else:
@@ -498,13 +498,13 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             body = b"43%d" % ack_id + orjson.dumps(ack)
         fast = sock.fast
         if fast is not None:
-            fast.write_frame(fastws.text_frame(body))
+            fast.write_frame(text_frame(body))
         else:
             sock.push(eio_packet.Packet(eio_packet.MESSAGE, body[1:].decode()))
         return True
 
     def _ack_when_done(self, eio_sid: str, ack_id: int, task: asyncio.Future[Any]) -> None:
-        """Answer EVENT ``ack_id`` with a deferred handler's result (relay.deferred): its ack,
+        """Answer EVENT ``ack_id`` with a deferred handler's result (relay.core.deferred): its ack,
         or the error ack of the RelayError it raised (its owner logs any other exception)."""
         if task.cancelled():
             return
@@ -520,7 +520,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         body = b"43%d" % ack_id + orjson.dumps([result])
         fast = sock.fast
         if fast is not None:
-            fast.write_frame(fastws.text_frame(body))
+            fast.write_frame(text_frame(body))
         else:
             sock.push(eio_packet.Packet(eio_packet.MESSAGE, body[1:].decode()))
 

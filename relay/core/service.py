@@ -14,20 +14,20 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from relay import envelope
-from relay.auth import Identity
-from relay.deferred import Deferred
+from relay.core import envelope
+from relay.core.auth import Identity
+from relay.core.deferred import Deferred
+from relay.core.fanout import FanoutTimer
+from relay.core.history import History
+from relay.core.recovery import Recovery, Session
+from relay.core.rooms import Member, Registry
 from relay.errors import BadRequest, NotFound, RateLimited, Unavailable
-from relay.fanout import FanoutTimer
-from relay.history import History
 from relay.limits import Bucket, Rate
-from relay.recovery import Recovery, Session
-from relay.rooms import Member, Registry
 from relay.settings import Settings
-from relay.transport import Transport
+from relay.wire.transport import Transport
 
 if TYPE_CHECKING:
-    from relay.webhooks import Webhooks
+    from relay.core.webhooks import Webhooks
 
 log = logging.getLogger("relay")
 
@@ -68,7 +68,7 @@ class Relay:
         )
         self._clock = clock_ms
         self._ids = envelope.IdFactory()
-        # connection state recovery (relay.recovery): dropped connections' sessions
+        # connection state recovery (relay.core.recovery): dropped connections' sessions
         self.recovery = Recovery(
             settings.recovery_ttl, settings.max_buffer, max_total=settings.recovery_max_bytes
         )
@@ -79,7 +79,7 @@ class Relay:
         #: (expiry in Unix seconds, sid) of connections whose token expires (a heap; entries of
         #: connections gone are skipped when they come up, and compacted when they pile up)
         self._expiring: list[tuple[float, str]] = []
-        #: where connection and membership events are reported (relay.webhooks), if anywhere
+        #: where connection and membership events are reported (relay.core.webhooks), if anywhere
         self.hooks: Webhooks | None = None
 
     # -- connections ---------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class Relay:
     ) -> dict[str, Any]:
         """Add ``sid`` to ``room``; with ``since``, first replay what it missed of it.
 
-        ``epoch`` is the life of the room ``since`` counts in (relay.history); it matters only
+        ``epoch`` is the life of the room ``since`` counts in (relay.core.history); it matters only
         with ``since`` (a join without one replays nothing, whatever the epoch). The ack always
         names the room's epoch.
         """
@@ -226,7 +226,7 @@ class Relay:
         exclude_self: bool = False,
     ) -> envelope.Message:
         """Broadcast to every member of ``room``; the message gets the room's next offset."""
-        started = perf_counter()  # (relay.fanout: the publish's time, for /metrics)
+        started = perf_counter()  # (relay.core.fanout: the publish's time, for /metrics)
         data_json = envelope.encode_data(data, self.settings.max_payload)
         if room not in self.history:
             self._room_for(room)
@@ -246,7 +246,7 @@ class Relay:
         sent = self.transport.send_room(
             room, registry.version(room), registry.sids(room), message.packet, skip
         )
-        if self.recovery.waiting:  # dropped members collect it (relay.recovery)
+        if self.recovery.waiting:  # dropped members collect it (relay.core.recovery)
             self.recovery.to_room(room, message.packet)
         self.stats["published"] += 1
         self.stats["delivered"] += sent
@@ -322,7 +322,7 @@ class Relay:
         return message, delivered
 
     def history_epoch(self, room: str) -> str | None:
-        """The epoch of ``room``'s offsets (relay.history), None for a room not known."""
+        """The epoch of ``room``'s offsets (relay.core.history), None for a room not known."""
         return self.history.epoch(room)
 
     def history_page(self, room: str, since: int, limit: int) -> list[tuple[int, str]]:

@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from relay import __version__
-from relay.auth import Matcher
+from relay.core.auth import Matcher
 from relay.settings import Settings
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from relay.rooms import Member
+    from relay.core.rooms import Member
 
-log = logging.getLogger("relay.webhooks")
+log = logging.getLogger("relay.core.webhooks")
 
 SIGNATURE_HEADER = "X-Relay-Signature"
 TIMESTAMP_HEADER = "X-Relay-Timestamp"

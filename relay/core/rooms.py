@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from relay.auth import OPEN, Identity
+from relay.core.auth import OPEN, Identity
 from relay.limits import Bucket
 
 
@@ -25,7 +25,7 @@ class Member:
     identity: Identity = OPEN
     #: when it connected (Unix ms; a recovered session: when it came back)
     connected_at: int = 0
-    #: this connection's rate limits (relay.service), made on first use
+    #: this connection's rate limits (relay.core.service), made on first use
     publish_bucket: Bucket | None = None
     delivery_bucket: Bucket | None = None
     join_bucket: Bucket | None = None

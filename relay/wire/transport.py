@@ -12,7 +12,9 @@ from typing import Any, Protocol
 
 from engineio import packet as eio_packet
 
-from relay import fastws
+from relay.wire.flusher import Flusher
+from relay.wire.frames import text_frame
+from relay.wire.websocket import HOLD_RATE
 
 
 class Transport(Protocol):
@@ -48,7 +50,7 @@ ROOM_CACHE_SIZE = 4096
 class EngineIOTransport:
     """Delivers straight to each connection, bypassing per-recipient tasks.
 
-    A websocket served by relay's own protocol (:mod:`relay.fastws`) gets the packet as a
+    A websocket served by relay's own protocol (:mod:`relay.wire.websocket`) gets the packet as a
     WebSocket frame encoded once for all recipients, queued on the connection, and written by
     one loop-wide flush per event-loop iteration; any other connection (HTTP long-polling) gets
     it through python-engineio's queue, as one shared Engine.IO packet object that caches its
@@ -93,7 +95,7 @@ class EngineIOTransport:
         if fast is not None:
             if fast.close_sent or fast.disconnected:
                 return False
-            return bool(fast.write_frame(fastws.text_frame("4" + packet)))
+            return bool(fast.write_frame(text_frame("4" + packet)))
         if sock.closing or sock.closed:
             return False
         sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, packet))
@@ -104,7 +106,7 @@ class EngineIOTransport:
         sock = self._sockets.get(sid)
         fast = sock.fast if sock is not None else None
         if fast is not None:
-            fast.throttle(seconds, fastws.HOLD_RATE)
+            fast.throttle(seconds, HOLD_RATE)
 
     def _resolve(self, sids: Iterable[str]) -> list[Any]:
         """The attached sockets of ``sids`` (sids that are gone are skipped)."""
@@ -133,10 +135,10 @@ class EngineIOTransport:
         # the hot loop of every broadcast: keep it free of calls and lookups by key. It queues
         # the one shared frame onto each connection's ``pending`` uncounted (a reference per
         # recipient, not bytes): the flush counts it against the connection's limit before it
-        # joins or writes anything (fastws.Flusher.flush). Frames made per recipient go through
+        # joins or writes anything (Flusher.flush). Frames made per recipient go through
         # FastWebSocketProtocol.write_frame, which counts as they accumulate
         frame: bytes | None = None
-        flusher: fastws.Flusher | None = None
+        flusher: Flusher | None = None
         dirty: list[Any] = []
         pkt: Any = None
         sent = 0
@@ -146,7 +148,7 @@ class EngineIOTransport:
                 if sock is skip or fast.close_sent or fast.disconnected:
                     continue
                 if frame is None:
-                    frame = fastws.text_frame("4" + packet)
+                    frame = text_frame("4" + packet)
                     flusher = fast.flusher
                     dirty = flusher.dirty
                 queued = fast.pending

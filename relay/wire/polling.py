@@ -3,7 +3,7 @@
 A polling client takes its packets by GET; one that stops (or never starts) polling would
 make the server queue without end. :class:`SendQueue` is every polling session's packet
 queue, and every way a packet gets there (``RelaySocket.push``, python-engineio's ``send``,
-``relay.transport``'s deliveries) ends in its ``put_nowait``: it counts what it holds and,
+``relay.wire.transport``'s deliveries) ends in its ``put_nowait``: it counts what it holds and,
 past the connection's send bound (``RELAY_MAX_BUFFER``, as for a websocket), drops what it
 holds and has the session closed as a slow client.
 

@@ -4,7 +4,7 @@
 as the publish entered the core and the deliveries it made: it adds the time since to one
 bucket of a small list (found by ``bisect``, in C) and the deliveries to a counter. What is
 timed is the core's whole publish, the room's frames included: encoding, history, and every
-local recipient's frame queued (relay.fastws writes them all at the end of the event-loop
+local recipient's frame queued (relay.wire.websocket writes them all at the end of the event-loop
 iteration, so the kernel's write is not in it). /metrics reads the buckets at scrape time
 (relay.metrics) as the Prometheus histogram ``relay_fanout_seconds``.
 """

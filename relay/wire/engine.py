@@ -2,7 +2,7 @@
 
 What differs from python-engineio's own ``AsyncServer`` (the wire protocol does not):
 
-- A websocket connection served by :class:`relay.fastws.FastWebSocketProtocol` has no writer
+- A websocket connection served by :class:`relay.wire.websocket.FastWebSocketProtocol` has no writer
   task and no packet queue: every packet, pre-encoded, becomes a frame written straight to the
   connection (coalesced per loop iteration), in the order it was sent. Polling connections,
   and websockets under another uvicorn protocol, keep python-engineio's queue.
@@ -12,12 +12,12 @@ What differs from python-engineio's own ``AsyncServer`` (the wire protocol does 
   instead of a task per ping and a service task walking every socket every few milliseconds;
   it also closes a session that has no Socket.IO namespace ``connect_timeout`` after it
   opened or left its last one.
-- A polling session's queue is bounded in bytes (:class:`relay.polling.SendQueue`), and a
+- A polling session's queue is bounded in bytes (:class:`relay.wire.polling.SendQueue`), and a
   POST body is read only up to the transport limit.
 
 Lifecycle: a closing or closed session accepts nothing (each way in checks: the websocket
 callback, the reader, ``receive``, polling GETs and POSTs, and python-socketio's CONNECT
-paths in :mod:`relay.sio`); :meth:`RelaySocket.close` closes its websocket too and forgets the
+paths in :mod:`relay.wire.sio`); :meth:`RelaySocket.close` closes its websocket too and forgets the
 session, so the "disconnect" handler, and with it relay's disconnect, runs once per session.
 """
 
@@ -42,14 +42,15 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
-from relay import fastws, polling
-from relay.edge import EdgeGuard, forwarded_ip, refusal, refusal_body
 from relay.errors import BadRequest, RelayError
+from relay.wire import frames, polling, websocket
+from relay.wire.flusher import flusher_for
+from relay.wire.guard import EdgeGuard, forwarded_ip, refusal, refusal_body
 
-log = logging.getLogger("relay.engine")
+log = logging.getLogger("relay.wire.engine")
 
 _MESSAGE = eio_packet.MESSAGE
-_PING_FRAME = fastws.text_frame(eio_packet.Packet(eio_packet.PING).encode())
+_PING_FRAME = frames.text_frame(eio_packet.Packet(eio_packet.PING).encode())
 
 #: environ entries only the request that opened a websocket needs
 _REQUEST_ONLY = ("asgi.scope", "asgi.receive", "asgi.send", "wsgi.input")
@@ -265,9 +266,9 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         self.closing = False
         self.closed = False
         self.session: dict[str, Any] = {}
-        self.fast: fastws.FastWebSocketProtocol | None = None
+        self.fast: websocket.FastWebSocketProtocol | None = None
         self.ping_seq = 0
-        self._fast_candidate: fastws.FastWebSocketProtocol | None = None
+        self._fast_candidate: websocket.FastWebSocketProtocol | None = None
         #: messages waiting for the reader task (None while no task runs; a None item: closed)
         self._backlog: collections.deque[str | bytes | None] | None = None
         #: (monotonic) since when it has had no Socket.IO namespace, and whether the
@@ -285,8 +286,8 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         if fast is not None:
             encoded = pkt.encode()
             if isinstance(encoded, str):
-                return fast.write_frame(fastws.text_frame(encoded))
-            return fast.write_frame(fastws.binary_frame(encoded))
+                return fast.write_frame(frames.text_frame(encoded))
+            return fast.write_frame(frames.binary_frame(encoded))
         self.queue.put_nowait(pkt)  # (a silent peer is closed by the PingScheduler)
         return True
 
@@ -339,7 +340,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
                 break
             if self.closing or self.closed:
                 return []
-            # a wake-up (relay.transport's, when a Socket.IO connection leaves) for a session
+            # a wake-up (relay.wire.transport's, when a Socket.IO connection leaves) for a session
             # that stays open: its client may connect again, and an empty answer is no packet
         packets = [first]
         while len(packets) < MAX_POLL_PACKETS and not queue.empty():
@@ -399,8 +400,8 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
 
     async def _upgrade_websocket(self, environ: dict[str, Any]) -> Any:
         scope = environ.get("asgi.scope") or {}
-        candidate = (scope.get("extensions") or {}).get(fastws.EXTENSION)
-        if isinstance(candidate, fastws.FastWebSocketProtocol):
+        candidate = (scope.get("extensions") or {}).get(websocket.EXTENSION)
+        if isinstance(candidate, websocket.FastWebSocketProtocol):
             self._fast_candidate = candidate
         result = await super()._upgrade_websocket(environ)
         if self.fast is not None:
@@ -441,7 +442,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
         if backlog is not None:  # a reader is at work: in order, after what it has
             backlog.append(data)
             if len(backlog) > _BACKLOG_PAUSE and self.fast is not None:
-                self.fast.hold(fastws.HOLD_BACKLOG)
+                self.fast.hold(websocket.HOLD_BACKLOG)
             return
         if data == "3":  # PONG: the commonest packet of an idle connection, handled inline
             self.schedule_ping()  # (a closed session's is never sent: PingScheduler)
@@ -522,7 +523,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
                     return
                 if fast is not None and len(backlog) == _BACKLOG_PAUSE // 2:
                     with contextlib.suppress(Exception):
-                        fast.release(fastws.HOLD_BACKLOG)
+                        fast.release(websocket.HOLD_BACKLOG)
         finally:
             self._backlog = None
 
@@ -556,7 +557,7 @@ class RelaySocket(AsyncSocket):  # type: ignore[misc]
             log.exception("error handling a packet from %s", self.sid)
         return not self.closing  # (a CLOSE packet: the websocket ends too)
 
-    async def _finish(self, fast: fastws.FastWebSocketProtocol | None) -> None:
+    async def _finish(self, fast: websocket.FastWebSocketProtocol | None) -> None:
         """The websocket ended (or must): close the session, forget it, close the socket."""
         if fast is None or self.fast is not fast:
             return
@@ -728,7 +729,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         self.start_service_task = False  # the PingScheduler does its job
         self._async = {**self._async, "translate_request": translate_request}
         self.pings = PingScheduler(self)
-        #: the transport edge's limits (relay.edge): asked about every new session (the
+        #: the transport edge's limits (relay.wire.guard): asked about every new session (the
         #: per-IP connect rate); None when the application has none
         self.edge: EdgeGuard | None = None
         #: why a new long-polling session is refused (several worker processes share the
@@ -737,7 +738,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         self._message_now: Any = _UNRESOLVED
         #: (the coroutine registered with ``on("connect")``, the same as a plain function of
         #: (sid, environ) that accepts every connection): while that coroutine is the handler,
-        #: ``accept_websocket`` may take a websocket connect without ASGI (relay.sio)
+        #: ``accept_websocket`` may take a websocket connect without ASGI (relay.wire.sio)
         self.connect_now: tuple[Callable[..., Any], Callable[[str, dict[str, Any]], None]] | None
         self.connect_now = None
         #: (the coroutine registered with ``on("disconnect")``, the same as a plain function of
@@ -777,7 +778,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         }
 
     def accept_websocket(
-        self, fast: fastws.FastWebSocketProtocol, query: bytes, headers: Any, path: str
+        self, fast: websocket.FastWebSocketProtocol, query: bytes, headers: Any, path: str
     ) -> bool:
         """Open an Engine.IO session on a new websocket without ASGI, when that changes nothing
         a client or handler can see: python-socketio's own "connect" handler (which accepts
@@ -825,7 +826,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         fast.set_limit(self.max_buffer)
         sock.fast = fast
         opened = b"0" + orjson.dumps(self._opened(sid, []))
-        fast.accept_detached(fastws.text_frame(opened), sock._on_frame, sock._on_close)
+        fast.accept_detached(frames.text_frame(opened), sock._on_frame, sock._on_close)
         sock.schedule_ping()
         self._check_connect_of(sock)
         return True
@@ -899,7 +900,7 @@ class RelayEngine(engineio.AsyncServer):  # type: ignore[misc]
         if sock is None or sock.closing or sock.closed:
             return
         log.warning("dropping polling session %s: %s", sid, reason)
-        fastws.flusher_for(asyncio.get_running_loop()).slow_dropped += 1
+        flusher_for(asyncio.get_running_loop()).slow_dropped += 1
         task = asyncio.get_running_loop().create_task(_close_slow(sock, reason))
         _closers.add(task)
         task.add_done_callback(_closers.discard)

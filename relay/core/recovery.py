@@ -22,7 +22,7 @@ then receives the collected packets before anything live. Any other reconnect is
 connection. Collecting and replaying happen in the same event-loop steps as live delivery, so
 nothing is lost between the two and nothing is delivered twice.
 
-While a session waits, the rooms it was in stay known to relay.history even if nobody else is
+While a session waits, the rooms it was in stay known to relay.core.history even if nobody else is
 in them and they hold no message (``Relay.in_use``): they keep their offsets and epoch, so what
 the session collects, and what its client already saw, still count in the same ones when it
 comes back.
@@ -50,7 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-log = logging.getLogger("relay.recovery")
+log = logging.getLogger("relay.core.recovery")
 
 #: at most this many packets are kept for one dropped connection
 MAX_PACKETS = 1000

@@ -29,49 +29,45 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import logging
-import struct
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
-import httptools
-from uvicorn.logging import TRACE_LOG_LEVEL
-from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr, is_ssl
+from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr
 
-from relay.edge import EdgeGuard, forwarded_ip, guard_of, refusal
-from relay.errors import BadRequest
 from relay.limits import Bucket
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover  (a websockets built without its C extension)
-    # the same XOR in pure Python: linear too (one big-integer XOR), about 10x slower
-    from websockets.utils import apply_mask
+from relay.wire.flusher import flusher_for
+from relay.wire.frames import (
+    MAX_FRAGMENTS,
+    apply_mask,
+    binary_frame,
+    close_frame,
+    frame,
+    text_frame,
+)
+from relay.wire.guard import EdgeGuard
+from relay.wire.handshake import SWITCHING, UNKNOWN, accept_key, address, direct_acceptor, phrase
 
 #: why a connection's reading is paused (FastWebSocketProtocol.holds): reading resumes when no
 #: reason is left. The ASGI inbox has unread messages; the Engine.IO reader's backlog is long
-#: (relay.engine); the client IP is over its inbound byte rate (relay.edge)
+#: (relay.wire.engine); the client IP is over its inbound byte rate (relay.wire.guard)
 HOLD_INBOX = 1
 HOLD_BACKLOG = 2
 HOLD_INBOUND = 4
-#: the connection's events were refused ``rate_limited`` (relay.service): reading pauses, so a
+#: the connection's events were refused ``rate_limited`` (relay.core.service): reading pauses, so a
 #: client that ignores the answer costs the server a read a while, not a parse and an ack per
 #: event it sends
 HOLD_RATE = 8
 
-#: bytes received by a connection between two charges to its IP's inbound bucket (relay.edge):
+#: bytes received by a connection between two charges to its IP's inbound bucket (relay.wire.guard):
 #: the rate is kept to within this much per connection, and a small read costs an addition
 METER_EVERY = 16 * 1024
 
 EXTENSION = "relay.fastws"
 
-log = logging.getLogger("relay.fastws")
+log = logging.getLogger("relay.wire.websocket")
 
 #: the logger of every websocket connection's own lines ("connection open", "[accepted]"):
 #: two formatted log lines per connect are a good part of a connect storm's CPU, so they show
@@ -79,119 +75,6 @@ log = logging.getLogger("relay.fastws")
 ws_log = logging.getLogger("relay.ws")
 if ws_log.level == logging.NOTSET:
     ws_log.setLevel(logging.WARNING)
-
-#: fragments one message may arrive in: official clients send every message in one frame, so
-#: this only stops a flood of tiny fragments (each also counts its header toward ``max_size``)
-MAX_FRAGMENTS = 1024
-
-_U16 = struct.Struct("!BBH")
-_U64 = struct.Struct("!BBQ")
-
-
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final server-to-client WebSocket frame (RFC 6455 §5.2)."""
-    n = len(payload)
-    first = 0x80 | opcode
-    if n < 126:
-        return bytes((first, n)) + payload
-    if n < 65536:
-        return _U16.pack(first, 126, n) + payload
-    return _U64.pack(first, 127, n) + payload
-
-
-def text_frame(text: str | bytes) -> bytes:
-    return frame(0x1, text.encode() if isinstance(text, str) else text)
-
-
-def binary_frame(data: bytes) -> bytes:
-    return frame(0x2, data)
-
-
-class Flusher:
-    """Writes every dirty connection's queued frames, once per event-loop iteration.
-
-    One per event loop (:func:`flusher_for`): a burst that queues frames for thousands of
-    connections costs one ``call_soon``, and each connection one ``transport.write`` however
-    many frames it got in that iteration.
-    """
-
-    __slots__ = ("dirty", "loop", "scheduled", "slow_dropped")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.dirty: list[FastWebSocketProtocol] = []
-        self.scheduled = False
-        #: connections (websocket and polling) dropped as slow clients on this loop: one
-        #: loop per server, so this is the server's count (relay.metrics reads it)
-        self.slow_dropped = 0
-
-    def schedule(self) -> None:
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        dirty = self.dirty
-        if not dirty:
-            return
-        self.dirty = []
-        for proto in dirty:
-            queued = proto.pending
-            if queued is None:  # written already (an ASGI send came first)
-                continue
-            proto.pending = None
-            if proto.close_sent or proto.disconnected:
-                continue
-            try:  # (free unless it raises; one bad connection must not stall the others)
-                # the bound: what fits in ``room`` is written in one piece without looking;
-                # more (a broadcast's frames are counted only here) goes in bounded pieces
-                if queued.__class__ is bytes:
-                    if len(queued) <= proto.room:
-                        proto.transport.write(queued)
-                    else:
-                        proto.write_bounded(queued)
-                else:
-                    proto.queued = 0
-                    if sum(map(len, queued)) <= proto.room:
-                        proto.transport.write(b"".join(queued))
-                    else:
-                        proto.write_bounded(queued)
-            except RuntimeError:  # the transport closed under us: connection_lost follows
-                pass
-            except Exception:
-                log.exception("writing to a websocket failed")
-
-
-_flushers: dict[asyncio.AbstractEventLoop, Flusher] = {}
-
-#: the attribute by which an ASGI application (or one it wraps, as ``.app``: uvicorn's proxy
-#: headers middleware) may take a websocket before ASGI sees it: a callable of (protocol, path,
-#: raw query, headers) that returns True when it answered with
-#: :meth:`FastWebSocketProtocol.accept_detached` (or refused), False to let ASGI have it
-DIRECT = "accept_websocket"
-
-
-def direct_acceptor(app: Any) -> Callable[..., bool] | None:
-    """``app``'s :data:`DIRECT` acceptor, or that of an application it wraps; or None."""
-    for _ in range(8):
-        hook = getattr(app, DIRECT, None)
-        if hook is not None:
-            return hook  # type: ignore[no-any-return]
-        app = getattr(app, "app", None)
-        if app is None:
-            break
-    return None
-
-
-def flusher_for(loop: asyncio.AbstractEventLoop) -> Flusher:
-    flusher = _flushers.get(loop)
-    if flusher is None:
-        # one per loop (tests run servers in threads); closed loops are forgotten
-        for old in [lp for lp in _flushers if lp.is_closed()]:
-            del _flushers[old]
-        flusher = _flushers[loop] = Flusher(loop)
-    return flusher
 
 
 class Inbox:
@@ -340,8 +223,8 @@ class FastWebSocketProtocol(asyncio.Protocol):
         self.close_timer: asyncio.TimerHandle | None = None
         #: why reading is paused (HOLD_* bits; read again when none is left)
         self.holds = 0
-        #: the client IP's inbound byte bucket (relay.edge), shared with its other connections:
-        #: looked up when the connection has received METER_EVERY bytes
+        #: the client IP's inbound byte bucket (relay.wire.guard), shared with its other
+        #: connections: looked up when the connection has received METER_EVERY bytes
         self.inbound: Bucket | None = None
         #: bytes received and not yet charged to ``inbound`` (see ``data_received``)
         self.unmetered = 0
@@ -364,7 +247,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
         #: (typed Any: the hot loops tell them apart by ``__class__``, which mypy cannot follow)
         self.pending: Any = None
         #: bytes in ``pending`` while it is a list, as far as write_frame counted them (frames a
-        #: broadcast adds, :mod:`relay.transport`, are counted by the flush); 0 otherwise
+        #: broadcast adds, :mod:`relay.wire.transport`, are counted by the flush); 0 otherwise
         self.queued = 0
         #: the transport's buffer is over its high-water mark (checked against ``limit``)
         self.paused = False
@@ -397,12 +280,12 @@ class FastWebSocketProtocol(asyncio.Protocol):
     @property
     def client(self) -> tuple[str, int] | None:
         """The peer's address (looked up once, when first asked for: logs, an ASGI scope)."""
-        return _address(self, "_client", get_remote_addr)  # type: ignore[no-any-return]
+        return address(self, "_client", get_remote_addr)  # type: ignore[no-any-return]
 
     @property
     def server(self) -> tuple[str, int | None] | None:
         """Our address (looked up once, when first asked for)."""
-        return _address(self, "_server", get_local_addr)  # type: ignore[no-any-return]
+        return address(self, "_server", get_local_addr)  # type: ignore[no-any-return]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
@@ -494,7 +377,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
         if len(raw_key) != 16:
             self._refuse(400, "missing or invalid Sec-WebSocket-Key (must be 16 bytes, base64)\n")
             return
-        accept = base64.b64encode(hashlib.sha1(key.strip() + _GUID).digest())  # type: ignore[union-attr]
+        accept = accept_key(key or b"")
         raw_path, _, query = url.partition(b"?")
         path = raw_path.decode("latin-1")
         if "%" in path:
@@ -531,7 +414,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
         task.add_done_callback(tasks.discard)
 
     def refuse_with(self, answer: bytes) -> None:
-        """Answer the handshake with ``answer`` (a whole HTTP response: relay.edge's refusals)
+        """Answer the handshake with ``answer`` (a whole HTTP response: relay.wire.guard's refusals)
         instead of upgrading, and close."""
         self.response = None
         self.handshake_complete = True
@@ -554,7 +437,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
     ) -> None:
         """An HTTP response instead of the upgrade (then the connection closes)."""
         names = {name.lower() for name, _ in headers or ()}
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status).encode())]
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase(status).encode())]
         for name, value in [*self.server_state.default_headers, *(headers or ())]:
             lines.append(name + b": " + value + b"\r\n")
         if b"content-type" not in names:
@@ -634,7 +517,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
             self.response = None
             if self.transport.is_closing():
                 return
-            lines = [_SWITCHING, response[2], b"\r\n"]
+            lines = [SWITCHING, response[2], b"\r\n"]
             for name, value in self.server_state.default_headers:
                 lines += [name, b": ", value, b"\r\n"]
             for name, value in message.get("headers") or ():
@@ -688,7 +571,7 @@ class FastWebSocketProtocol(asyncio.Protocol):
         response = self.response
         assert response is not None and response[0] == 101
         self.response = None
-        lines = [_SWITCHING, response[2], b"\r\n"]
+        lines = [SWITCHING, response[2], b"\r\n"]
         for name, value in self.server_state.default_headers:
             lines += [name, b": ", value, b"\r\n"]
         lines += [b"\r\n", first]
@@ -1115,328 +998,13 @@ class FastWebSocketProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_SWITCHING = (
-    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Accept: "
-)
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
-def close_frame(code: int, reason: str = "") -> bytes:
-    return frame(0x8, code.to_bytes(2, "big") + reason.encode()[:123])
-
-
-#: an address not looked up yet
-UNKNOWN: Any = object()
-
-
-def _address(proto: Any, attr: str, lookup: Callable[[Any], Any]) -> Any:
-    """``proto``'s address kept in ``attr``, looked up from its transport the first time."""
-    value = getattr(proto, attr)
-    if value is UNKNOWN:
-        value = lookup(proto.transport)
-        setattr(proto, attr, value)
-    return value
-
-
-def _peer(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
-    """The peer's (host, port): what uvicorn's ``get_remote_addr`` gives a TCP transport, with
-    one look-up instead of a socket object's."""
-    info = transport.get_extra_info("peername")
-    if info.__class__ is tuple and len(info) == 2:  # (IPv4: IPv6 has four fields)
-        return info
-    return get_remote_addr(transport)  # type: ignore[arg-type]
-
-
-class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools HTTP protocol, handing an upgrade to :class:`FastWebSocketProtocol`.
-
-    uvicorn's own upgrade re-serializes the request for the websocket protocol to parse again;
-    this hands over what httptools parsed. It also unhooks the parser, which holds the protocol
-    (a reference cycle that would otherwise wait for a full garbage collection), and looks the
-    connection's addresses up only when something asks for them (an HTTP request's scope, a
-    log line): two system calls and a socket object per connection that a websocket taken
-    without ASGI never needs.
-    """
-
-    _lazy_server: Any = UNKNOWN
-    _lazy_client: Any = UNKNOWN
-
-    @property
-    def server(self) -> tuple[str, int | None] | None:
-        return _address(self, "_lazy_server", get_local_addr)  # type: ignore[no-any-return]
-
-    @server.setter
-    def server(self, value: tuple[str, int | None] | None) -> None:
-        self._lazy_server = value
-
-    @property
-    def client(self) -> tuple[str, int] | None:
-        return _address(self, "_lazy_client", get_remote_addr)  # type: ignore[no-any-return]
-
-    @client.setter
-    def client(self, value: tuple[str, int] | None) -> None:
-        self._lazy_client = value
-
-    #: this request's ``_should_upgrade`` (uvicorn asks twice per upgrade request)
-    _upgrade_answer: bool | None = None
-
-    def _should_upgrade(self) -> bool:
-        answer = self._upgrade_answer
-        if answer is None:
-            answer = self._upgrade_answer = super()._should_upgrade()
-        return answer
-
-    def on_message_begin(self) -> None:
-        # uvicorn's, with the addresses filled in once the request is not an upgrade
-        if not self._watched and self._edge is not None:
-            # a keep-alive connection's next request: its headers are on the clock again
-            self._watched = True
-            self._edge.watch(self, self.loop)
-        self._upgrade_answer = None
-        self.url = b""
-        self.expect_100_continue = False
-        self.headers = []
-        self.scope = {  # type: ignore[typeddict-item]
-            "type": "http",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
-            "http_version": "1.1",
-            "server": UNKNOWN,
-            "client": UNKNOWN,
-            "scheme": self.scheme,  # type: ignore[typeddict-item]
-            "root_path": self.root_path,
-            "headers": self.headers,
-            "state": self.app_state.copy(),
-        }
-
-    def on_headers_complete(self) -> None:
-        edge = self._edge
-        if edge is not None and edge.trust_proxy and self._edge_ip is None:
-            # behind a proxy the client's IP is known only now: the last X-Forwarded-For entry
-            # (the peer's address without one), counted for as long as this TCP connection
-            client = self.client
-            ip = forwarded_ip(self.headers) or (client[0] if client else "?")
-            answer = edge.admit(ip)
-            if answer is not None:
-                self._refuse(answer)
-                raise _Refused  # (ends this read's parse: see data_received)
-            self._edge_ip = ip
-        scope = self.scope
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.scope is scope:  # an HTTP request (its task not begun)
-            scope["server"] = self.server
-            scope["client"] = self.client
-            if self._watched:  # the body gets the same time again (a slow POST)
-                edge.watch(self, self.loop)  # type: ignore[union-attr]
-        elif self._watched:  # an upgrade: the websocket's own timeouts take over
-            self._watched = False
-            edge.unwatch(self)  # type: ignore[union-attr]
-
-    def on_message_complete(self) -> None:
-        if self._watched:
-            self._watched = False
-            self._edge.unwatch(self)  # type: ignore[union-attr]
-        super().on_message_complete()
-
-    # -- the edge: connection caps and the header timeout (relay.edge) --------------------------
-
-    #: the guard counting this connection (None: not counted), and the IP counted under
-    _edge: EdgeGuard | None = None
-    _edge_ip: str | None = None
-    #: the guard's header timeout runs: the request's headers (or body) are not all in yet
-    _watched = False
-    #: the client IP's inbound byte bucket (relay.edge; looked up once the connection has
-    #: received METER_EVERY bytes), what it received since it was last charged, and whether
-    #: reading is paused to keep to its rate
-    _inbound: Bucket | None = None
-    _unmetered = 0
-    _throttled = False
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        # uvicorn's, with the addresses left to look up (see the class's docstring), then the
-        # edge's count: the connection is refused, or counted (and its request on the clock)
-        self.connections.add(self)
-        self.transport = transport
-        self.flow = _Flow(transport, self)  # (uvicorn's, aware of the inbound rate's pause)
-        self._lazy_server = self._lazy_client = UNKNOWN
-        self.scheme = "https" if is_ssl(transport) else "http"
-        if self.logger.level <= TRACE_LOG_LEVEL:
-            client = self.client
-            prefix = f"{client[0]}:{client[1]} - " if client else ""
-            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
-        config: Any = self.config
-        edge = getattr(config, "relay_edge", UNKNOWN)  # (looked up once per server)
-        if edge is UNKNOWN:
-            edge = config.relay_edge = guard_of(self.app)
-        if edge is None:
-            return
-        ip = None
-        if edge.ip_at_accept:
-            client = self._lazy_client = _peer(transport)  # (the one look-up: kept for scopes)
-            ip = client[0] if client else "?"
-        refused = edge.accept(self, ip, self.loop)
-        if refused is not None:
-            self._refuse(refused)
-            return
-        self._edge = edge
-        self._edge_ip = ip
-        self._watched = True
-
-    def _refuse(self, answer: bytes) -> None:
-        """Answer with the edge's refusal and close (the count is released on close)."""
-        self.transport.write(answer)
-        self.transport.close()
-
-    def timed_out(self) -> None:
-        """The request's headers or body did not arrive in time (the guard's sweep): close,
-        answering 408 when nothing of a response has been sent on this request."""
-        self._watched = False
-        transport = self.transport
-        if transport.is_closing():
-            return
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
-            seconds = self._edge.header_timeout if self._edge is not None else 0
-            error = BadRequest(
-                f"the request did not arrive in full within {seconds:g} s"
-                " (RELAY_HEADER_TIMEOUT): closing the connection"
-            )
-            transport.write(refusal(error, 408))
-        if cycle is not None and not cycle.response_complete:
-            cycle.disconnected = True  # (the application's receive() says so; send() is a no-op)
-            cycle.message_event.set()
-        transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        # uvicorn's, where a request the edge refused once its headers were in ends the parse,
-        # and the client IP's inbound rate may stop reading for a while
-        unmetered = self._unmetered + len(data)
-        if unmetered < METER_EVERY:
-            self._unmetered = unmetered
-        else:
-            self._unmetered = 0
-            self._meter(unmetered)
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _Refused):
-                return  # answered and closing
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
-
-    def _meter(self, received: int) -> None:
-        """Charge ``received`` bytes to the IP's inbound bucket; past its rate, stop reading
-        until the debt is paid."""
-        edge = self._edge
-        if edge is None or not edge.inbound_rate.per_s:
-            return
-        inbound = self._inbound
-        if inbound is None:
-            inbound = self._inbound = edge.inbound_bucket(self._edge_ip, self)
-        debt = inbound.spend(edge.inbound_rate, time.monotonic(), received)
-        if debt and not self._throttled:
-            self._throttled = True
-            self.transport.pause_reading()
-            self.loop.call_later(debt, self._unthrottle)
-            edge.throttled += 1
-
-    def _unthrottle(self) -> None:
-        transport = self.transport
-        if transport is None or transport.get_protocol() is not self:
-            return  # upgraded meanwhile: the websocket protocol holds its own pause
-        self._throttled = False
-        if not self.flow.read_paused and not transport.is_closing():
-            transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        edge = self._edge
-        if edge is not None:
-            self._edge = None
-            edge.release(self._edge_ip)
-            if self._watched:
-                self._watched = False
-                edge.unwatch(self)
-        super().connection_lost(exc)
-
-    def handle_websocket_upgrade(self) -> None:
-        cls = self.ws_protocol_class
-        edge = self._edge
-        if cls is None or not issubclass(cls, FastWebSocketProtocol):
-            if edge is not None:  # (another protocol cannot carry the count: released here)
-                self._edge = None
-                edge.release(self._edge_ip)
-            super().handle_websocket_upgrade()
-        else:
-            self.connections.discard(self)
-            protocol = cls(
-                config=self.config, server_state=self.server_state, app_state=self.app_state
-            )
-            transport = self.transport
-            protocol.adopt(transport, self._lazy_server, self._lazy_client)
-            if edge is not None:  # the count follows the connection: released when it closes
-                self._edge = None
-                protocol.edge = edge
-                protocol.edge_ip = self._edge_ip
-                protocol.inbound = self._inbound
-                protocol.unmetered = self._unmetered
-                if self._throttled and self._inbound is not None:
-                    # reading is paused for the rate: the websocket's own hold takes it over
-                    self._throttled = False
-                    protocol.holds = HOLD_INBOUND
-                    debt = max(0.0, -self._inbound.tokens) / edge.inbound_rate.per_s
-                    self.loop.call_later(debt, protocol.release, HOLD_INBOUND)
-            transport.set_protocol(protocol)
-            protocol.upgrade(self.scope["method"], self.url, self.headers, self.scope)
-        self.parser = None  # type: ignore[assignment]
-        self.cycle = None  # type: ignore[assignment]
-
-
-class _Flow(FlowControl):
-    """uvicorn's flow control, which leaves reading paused while the inbound rate holds it."""
-
-    def __init__(self, transport: asyncio.Transport, owner: HttpProtocol) -> None:
-        super().__init__(transport)
-        self._owner = owner
-
-    def resume_reading(self) -> None:
-        if self.read_paused:
-            self.read_paused = False
-            if not self._owner._throttled:
-                self._transport.resume_reading()
-
-
-class _Refused(Exception):
-    """Raised from a parser callback to stop parsing a request the edge refused."""
-
-
 __all__ = [
-    "DIRECT",
     "EXTENSION",
-    "MAX_FRAGMENTS",
-    "UNKNOWN",
+    "HOLD_BACKLOG",
+    "HOLD_INBOUND",
+    "HOLD_INBOX",
+    "HOLD_RATE",
+    "METER_EVERY",
     "FastWebSocketProtocol",
-    "Flusher",
-    "HttpProtocol",
     "Inbox",
-    "binary_frame",
-    "close_frame",
-    "direct_acceptor",
-    "flusher_for",
-    "frame",
-    "text_frame",
 ]

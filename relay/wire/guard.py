@@ -1,10 +1,11 @@
 """The transport edge's limits: connections in total and per client IP, new connections per IP
 per second, and how long a client may take to send its request headers (and then its body).
 
-One :class:`EdgeGuard` per application (``app.state.edge``) holds the counts; the HTTP protocol
-(:class:`relay.fastws.HttpProtocol`) asks it about every TCP connection it accepts and tells it
-when one ends, and :class:`relay.fastws.FastWebSocketProtocol` takes the connection's place in
-the count when it upgrades, so each connection is counted from accept to close exactly once.
+One :class:`EdgeGuard` per application (``app.state.edge``) holds the counts; the HTTP
+protocol (:class:`relay.wire.http.HttpProtocol`) asks it about every TCP connection it accepts
+and tells it when one ends, and :class:`relay.wire.websocket.FastWebSocketProtocol` takes the
+connection's place in the count when it upgrades, so each connection is counted from accept to
+close exactly once.
 
 - ``max_connections``: past it a new connection is answered ``503 unavailable`` and closed at
   once, before a byte of its request is read.
@@ -15,7 +16,7 @@ the count when it upgrades, so each connection is counted from accept to close e
 - ``connect_rate`` (a token bucket per IP) counts new Engine.IO sessions, not TCP connections:
   an HTTP client without keep-alive (Node's long-polling transport, a serverless function
   calling the API) opens a TCP connection per request, which is not a new client.
-  :meth:`EdgeGuard.session` is asked by the Engine.IO server (relay.engine) when a session
+  :meth:`EdgeGuard.session` is asked by the Engine.IO server (relay.wire.engine) when a session
   opens; past the rate, ``429 rate_limited`` with ``Retry-After``.
 - ``inbound_rate`` (bytes a second, a token bucket per IP shared by its connections): a
   connection whose read puts its IP's bucket in debt stops reading until the debt is paid, so
@@ -46,14 +47,14 @@ from relay.errors import RateLimited, RelayError, Unavailable
 from relay.limits import Bucket, Buckets, PerKeyCount
 from relay.settings import Settings
 
-log = logging.getLogger("relay.edge")
+log = logging.getLogger("relay.wire.guard")
 
 #: seconds between two warnings about the same kind of refusal (a flood logs a line, not a flood)
 LOG_EVERY = 60.0
 
 
 class Watched(Protocol):
-    """A connection the header timeout may end (:meth:`relay.fastws.HttpProtocol.timed_out`)."""
+    """A connection the header timeout may end (:meth:`relay.wire.http.HttpProtocol.timed_out`)."""
 
     def timed_out(self) -> None: ...
 
@@ -70,7 +71,7 @@ class EdgeGuard:
         self.rates = Buckets(settings.connect_rate, clock=clock)
         self.trust_proxy = settings.trust_proxy
         self.inbound_rate = settings.inbound_rate
-        #: per IP: the inbound byte bucket its connections share (relay.fastws meters a
+        #: per IP: the inbound byte bucket its connections share (relay.wire.websocket meters a
         #: connection's reads against it once it has received 16 KiB)
         self.inbound = Buckets(settings.inbound_rate, clock=clock)
         self.by_ip = bool(settings.max_connections_per_ip or self.trust_proxy)
