@@ -14,6 +14,7 @@
 
     python benchmarks/cluster.py                       # all three (about 3-5 minutes)
     python benchmarks/cluster.py --only cpu --repeat 3
+    python benchmarks/cluster.py --only cpu --rooms 2 --rate 40   # rooms of 500, same deliveries
     python benchmarks/cluster.py --only recovery --json cluster.json
 
 Everything runs on 127.0.0.1 with free ports, starts its own ``redis-server`` (Debian's
@@ -181,12 +182,14 @@ def loadtest(urls: list[str], *extra: str, timeout: float = 600) -> dict[str, An
     return dict(json.loads(done.stdout))
 
 
-LOAD = ["--clients", "1000", "--rooms", "10", "--publishers", "20"]
+CLIENTS = 1000
+LOAD = ["--clients", str(CLIENTS), "--rooms", "10", "--publishers", "20"]
 
 
 def cpu_per_delivery(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    load = [*LOAD, "--rate", str(args.rate), "--duration", str(args.duration)]
+    load = [*LOAD[:3], str(args.rooms), *LOAD[4:], "--rate", str(args.rate)]
+    load += ["--duration", str(args.duration)]
     for run in range(args.repeat):
         with relays({}) as (one,):
             before = one.cpu()
@@ -301,15 +304,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="cpu,workers,recovery")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--rate", type=float, default=200.0, help="publishes/s (x100 deliveries)")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="publishes/s (x room size deliveries)"
+    )
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument(
+        "--rooms",
+        type=int,
+        default=10,
+        help="rooms the 1,000 clients share (cpu): 10 = rooms of 100",
+    )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     only = set(args.only.split(","))
     out: dict[str, Any] = {}
     if "cpu" in only:
         out["cpu"] = cpu_per_delivery(args)
-        print("CPU per delivery (1,000 clients, rooms of 100, broadcast):")
+        size = CLIENTS // args.rooms
+        print(f"CPU per delivery (1,000 clients, rooms of {size}, broadcast):")
         for row in out["cpu"]:
             print(
                 f"  {row['setup']:<20} run {row['run']}: {row['cpu_us_per_delivery']} us/delivery"
