@@ -2,8 +2,9 @@
 """Issue 13's cluster figures, measured in one sitting on this machine, and printed.
 
 1. **CPU per delivery**: one load (``relay loadtest``: 1,000 websocket clients in rooms of 100,
-   broadcast) against one in-memory relay, then against two relays joined by one Redis (the
-   clients and publishers spread over both). The cluster's CPU is both relays' plus Redis's
+   broadcast) against one in-memory relay, against one relay on Redis (every client on it: the
+   Redis path's own cost), then against two relays joined by one Redis (the clients and
+   publishers spread over both). The cluster's CPU is both relays' plus Redis's
    (``/proc/<pid>/stat``, over the whole loadtest: its 1,000 connects and joins too, which a
    15 s load at 200 publishes/s, 300,000 deliveries, amortises). Goal: at most 1.2x one
    relay's.
@@ -201,6 +202,17 @@ def cpu_per_delivery(args: argparse.Namespace) -> list[dict[str, Any]]:
             redis.start()
             assert redis.proc is not None
             env = {"REDIS_URL": redis.url}
+            # one node with every client: what the Redis path costs, without splitting the
+            # deliveries over two processes
+            with relays(env) as (alone,):
+                before_r = cpu_s(redis.proc.pid)
+                before = alone.cpu()
+                report = loadtest([alone.url], *load)
+                used = alone.cpu() - before
+                used_r = cpu_s(redis.proc.pid) - before_r
+            row = _cpu_row("one relay on Redis", run, report, used + used_r)
+            row["redis_cpu_s"] = round(used_r, 2)
+            rows.append(row)
             with relays(env, env) as nodes:
                 before_r = cpu_s(redis.proc.pid)
                 before_n = [n.cpu() for n in nodes]
@@ -330,7 +342,7 @@ def main() -> None:
                 + (f"; Redis {row['redis_cpu_s']} s" if "redis_cpu_s" in row else "")
             )
         one = [r["cpu_us_per_delivery"] for r in out["cpu"] if r["setup"] == "one relay"]
-        two = [r["cpu_us_per_delivery"] for r in out["cpu"] if r["setup"] != "one relay"]
+        two = [r["cpu_us_per_delivery"] for r in out["cpu"] if r["setup"].startswith("two")]
         if one and two and all(one) and all(two):
             print(f"  cluster / one relay: {min(two) / min(one):.2f}x (best runs)")
     if "workers" in only:
