@@ -217,7 +217,7 @@ const SCENARIOS = {
     };
     for (let n = 1; n <= 5; n++) await publish(n);
     alice.moveTo(urlB);
-    process.kill(Number(pidA), "SIGTERM");
+    await cue("stop A"); // the test sends A its SIGTERM and answers at once
     const dropped = await alice.disconnected(mark);
     // traffic while Alice moves: published at once, racing her reconnect
     const racing = [];
@@ -273,8 +273,8 @@ const SCENARIOS = {
     alice.moveTo(urlB);
     process.kill(Number(pidA), "SIGKILL");
     const dropped = await alice.disconnected(mark);
+    const back = alice.log.indexOf(dropped) + 1; // (her reconnect may race what follows)
     for (let n = 4; n <= 8; n++) ok(await bob.call("publish", { room, data: { n } }), "publish");
-    const back = alice.log.length;
     const again = await alice.connected(back);
     const rejoin = ok(
       await alice.call("join", { room, since: last, epoch: joined.epoch }),
