@@ -36,6 +36,11 @@ whose next packet would pass that bound is forgotten, like one that missed too m
 are the very strings other recipients got (encoded once), so a session costs a reference per
 packet, not a copy (the byte counts count them anyway: a direct message's packet is its own).
 
+In cluster mode a session may also move to the node its client reconnects to (or be saved in
+Redis when its node shuts down): :mod:`relay.backends.handover`. Such a session comes back
+with ``offsets`` (per room, the epoch and the last offset it got), from which its rooms are
+rejoined; :meth:`Recovery.take` forgets one that moved without calling ``ended``.
+
 What this cannot do: packets already written to the old socket when it died, but never read by
 the client, are gone (the server cannot tell them from packets the client did read without
 per-packet acknowledgements from the client, which relay's envelopes do not carry).

@@ -35,6 +35,11 @@ in :mod:`relay.backends.scripts`.
 - **Nodes** refresh a heartbeat key every third of ``RELAY_NODE_TIMEOUT``; a node that finds
   another's expired takes a lock (SET NX) and removes the dead node's connections and members,
   announcing their leaves once.
+- **Recovery across nodes**: a dropped connection's session stays on its node, which tells
+  Redis where it is (``relay:pid:<pid>``, ``relay:held``); a reconnect landing elsewhere has it
+  handed over through Redis, and a node stopped with SIGTERM saves every session there first
+  (:mod:`relay.backends.handover`). A killed node's sessions are lost: its clients rejoin with
+  ``since``.
 - **Faults**: see :mod:`relay.backends.redis`. While Redis is unavailable, ``/healthz`` is 503,
   publishes, joins and presence are ``unavailable``, and what needs no Redis (a direct to a
   connection on this node, leaving) still works. When it is back the node writes its state

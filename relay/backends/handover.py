@@ -40,9 +40,17 @@ in Redis (``SAVE`` without an asker) for the rest of its recovery window. SIGKIL
 nothing: its clients reconnect as new connections (``recovered`` false), and rejoin with
 ``since`` and ``epoch``, losing nothing the room's history holds.
 
+Order: what a session collected on its node comes first, in the order it happened; then its
+direct messages appended after ``SAVE``, in order; then each room's messages after its offset,
+in offset order. Within a room and among direct messages nothing is reordered; between a
+direct message sent after ``SAVE`` and a room message sent before it, the direct comes first.
+
 Not covered: presence events of a room between ``SAVE`` and the new node's rejoin (presence
 has no offsets to replay from; ``presence`` lists the members as they are), and packets the old
-socket had written but the client never read (as on one node).
+socket had written but the client never read (as on one node). Keys of sessions are written by
+scripts that name some keys they did not declare (``relay:session:<pid>`` from a ``relay:held``
+value): one Redis or a primary with replicas, not Redis Cluster, as for the rest of cluster
+mode.
 """
 
 from __future__ import annotations

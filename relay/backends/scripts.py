@@ -6,6 +6,11 @@ packet ``p`` and the time ``t`` in ms), ``relay:{room}:epoch`` and ``relay:{room
 (sid -> member JSON). A room's channel ``relay:{room}:ch`` carries its traffic as
 ``"<offset> <epoch> <node> <skip> <packet>"`` (offset 0 and epoch ``-``: a presence event,
 which has no place in the room's order; ``skip``: the sid excluded, or ``-``).
+
+Sessions waiting for recovery (:mod:`relay.backends.handover`): ``relay:held`` maps a sid not
+live anywhere to ``"<node> <pid>"`` (node ``-``: saved in Redis), and a user's hash marks such a
+sid ``=``; ``relay:session:<pid>`` (a hash) and ``relay:session:<pid>:p`` (its packets) hold a
+saved session until its recovery window ends. Session keys are not per room (no hash tag).
 """
 
 from __future__ import annotations
