@@ -134,10 +134,6 @@ class Recovery:
         """``sid`` (a session brought from another node) is live here under ``pid``."""
         self._pids[sid] = pid
 
-    def live_pids(self) -> dict[str, str]:
-        """Live sid -> pid (for a shutdown that saves its connections' sessions)."""
-        return dict(self._pids)
-
     def forget(self, sid: str) -> None:
         """``sid`` is gone for good (it said goodbye, or was refused)."""
         self._pids.pop(sid, None)

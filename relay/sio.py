@@ -259,6 +259,11 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             return
         await self._admit(eio_sid, admission)
 
+    def _connect_done(self, task: asyncio.Task[None]) -> None:
+        self._connecting.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("admitting a connection failed", exc_info=exc)
+
     async def _admit(self, eio_sid: str, admission: Admission) -> None:
         manager = self.manager
         sid = None
@@ -439,7 +444,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         if admission.lookup is not None:  # (a cluster node asks Redis first: awaited)
             task = asyncio.get_running_loop().create_task(self._connect_later(eio_sid, admission))
             self._connecting.add(task)
-            task.add_done_callback(self._connecting.discard)
+            task.add_done_callback(self._connect_done)
             return True
         sid = None
         if admission.sid is not None:
