@@ -125,6 +125,7 @@ class ClusterRelay(Relay):
         self._join_script = self.bus.script(scripts.JOIN)
         self._direct_user_script = self.bus.script(scripts.DIRECT_USER)
         self._direct_sid_script = self.bus.script(scripts.DIRECT_SID)
+        self._presence_script = self.bus.script(scripts.PRESENCE)
         self.feeds: dict[str, Feed] = {}
         #: (sid, room) -> the join of it under way
         self._joins: dict[tuple[str, str], asyncio.Task[Any]] = {}
@@ -513,9 +514,11 @@ class ClusterRelay(Relay):
         self._publish_event(room, packet, self.node)
 
     def _publish_event(self, room: str, packet: str, origin: str) -> None:
+        # (sessions saved from the room get it too: relay.backends.handover)
         text = f"0 - {origin} - {packet}"
-        channel = _key(room, "ch")
-        self.bus.send(lambda pipe: pipe.publish(channel, text))
+        keys = [_key(room, "saved")]
+        args = [_key(room, "ch"), text, packet, self.recovery.max_packets, self.settings.max_buffer]
+        self.bus.send(self._presence_script.run(keys, args))
 
     # -- publish -------------------------------------------------------------------------------
 

@@ -31,7 +31,11 @@ A reconnect whose ``auth.pid`` this node does not hold is looked for elsewhere
 Direct messages between ``SAVE`` and the new node's connection are appended to the saved
 session by the ``DIRECT_*`` scripts (bounded as the session is); between ``CLAIM`` and the
 connection (``CLAIM`` marks the sid held by the new node), the new node keeps them
-(:meth:`Handover.early`) and gives them after the collected packets.
+(:meth:`Handover.direct`) and gives them after the collected packets. One sent before ``SAVE``
+reached Redis comes to the old node after it let the session go: that node forwards it (for
+:data:`FORWARD_S`) through ``DIRECT_SID`` again, which finds the session where it is now.
+Presence events of a room are appended to the sessions saved from it (``relay:{room}:saved``,
+the ``PRESENCE`` script every presence event goes through).
 
 SIGTERM (:meth:`relay.backends.cluster.ClusterRelay.stop`): the node stops accepting, its
 connections are closed without a Socket.IO goodbye (clients reconnect, to another node behind
@@ -45,9 +49,12 @@ direct messages appended after ``SAVE``, in order; then each room's messages aft
 in offset order. Within a room and among direct messages nothing is reordered; between a
 direct message sent after ``SAVE`` and a room message sent before it, the direct comes first.
 
-Not covered: presence events of a room between ``SAVE`` and the new node's rejoin (presence
-has no offsets to replay from; ``presence`` lists the members as they are), and packets the old
-socket had written but the client never read (as on one node). Keys of sessions are written by
+Not covered: presence events of a room in the moments between the old node letting the
+session go and ``SAVE`` running in Redis, and between ``CLAIM`` and the new node's rejoin of
+the room (presence has no offsets to replay from; ``presence`` lists the members as they are);
+a reconnect that reaches the new node before the old one noticed the drop (no session is held
+yet: a new connection, as on one node); and packets the old socket had written but the client
+never read (as on one node). Keys of sessions are written by
 scripts that name some keys they did not declare (``relay:session:<pid>`` from a ``relay:held``
 value): one Redis or a primary with replicas, not Redis Cluster, as for the rest of cluster
 mode.
@@ -76,9 +83,13 @@ log = logging.getLogger("relay.handover")
 
 #: seconds a reconnect waits for the node holding its session to hand it over
 ASK_TIMEOUT_S = 1.0
+#: seconds a node forwards direct messages for a session it handed over (they may be on their
+#: way to it, sent before the hand-over reached Redis)
+FORWARD_S = 30.0
 #: what a pid looks like (relay.recovery issues token_urlsafe(16)); anything else is no pid
 PID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 HELD = "relay:held"
+CONNS = "relay:conns"
 
 
 def session_keys(pid: str) -> tuple[str, str]:
@@ -105,6 +116,7 @@ class Handover:
         bus = relay.bus
         self._save = bus.script(scripts.SAVE)
         self._claim = bus.script(scripts.CLAIM)
+        self._direct_sid = bus.script(scripts.DIRECT_SID)
         #: pid -> the answer awaited from the node holding it
         self._asks: dict[str, asyncio.Future[bool]] = {}
         #: claims under way; while any is, direct messages to sids not live here are kept
@@ -113,6 +125,8 @@ class Handover:
         self._early: dict[str, list[str]] = {}
         #: sids claimed and not connected yet (their early messages are kept)
         self._claimed: set[str] = set()
+        #: sid -> when its session left this node (direct messages for it are forwarded)
+        self._moved: dict[str, float] = {}
         self.stats = {"saved": 0, "handed_over": 0, "taken_over": 0, "asked": 0}
 
     # -- the node holding a session ------------------------------------------------------------
@@ -153,6 +167,10 @@ class Handover:
         ttl_ms = max(1, int((session.deadline - time.monotonic()) * 1000))
         # (in the same step as reading the offsets: nothing more is collected for it here)
         packets = recovery.take(session)
+        now = time.monotonic()
+        if len(self._moved) > 1024:
+            self._moved = {s: t for s, t in self._moved.items() if now - t < FORWARD_S}
+        self._moved[session.sid] = now
         self.write(session, rooms, packets, ttl_ms, reply_to)
         for room in session.rooms:
             relay._maybe_unfollow(room)
@@ -216,10 +234,18 @@ class Handover:
                 future.set_result(kind == "?given")
 
     def direct(self, sid: str, packet: str) -> bool:
-        """A direct message for ``sid``, not live here: kept when a claim may be bringing it."""
+        """A direct message for ``sid``, not live here: kept when a claim may be bringing it,
+        forwarded when its session just left (sent before the hand-over reached Redis)."""
+        moved = self._moved.get(sid)
+        if moved is not None and time.monotonic() - moved < FORWARD_S:
+            relay = self.relay
+            keys = [CONNS, HELD]
+            args = [sid, relay.node, packet, relay.recovery.max_packets, relay.settings.max_buffer]
+            relay.bus.send(self._direct_sid.run(keys, args))
+            return True
         early = self._early.get(sid)
         if early is None:
-            if not self._claiming:
+            if not self._claiming and sid not in self._claimed:
                 return False
             early = self._early[sid] = []
         if len(early) < self.relay.recovery.max_packets:

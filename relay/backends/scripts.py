@@ -10,7 +10,9 @@ which has no place in the room's order; ``skip``: the sid excluded, or ``-``).
 Sessions waiting for recovery (:mod:`relay.backends.handover`): ``relay:held`` maps a sid not
 live anywhere to ``"<node> <pid>"`` (node ``-``: saved in Redis), and a user's hash marks such a
 sid ``=``; ``relay:session:<pid>`` (a hash) and ``relay:session:<pid>:p`` (its packets) hold a
-saved session until its recovery window ends. Session keys are not per room (no hash tag).
+saved session until its recovery window ends; ``relay:{room}:saved`` lists the pids of the
+sessions saved from a room (its presence events are appended to them). Session keys are not per
+room (no hash tag).
 """
 
 from __future__ import annotations
@@ -66,38 +68,69 @@ end
 return {seq, epoch, first, count, entries, since}
 """
 
+#: Appending a packet to a saved session (Lua, shared): ``keep(pid, packet, most packets, most
+#: bytes)`` appends within the session's bounds and returns true; past them the session is
+#: forgotten (as a node forgets one that missed too much), and a session gone returns false.
+_KEEP = """
+local function keep(pid, packet, maxn, maxb)
+  local key = 'relay:session:' .. pid
+  local n = redis.call('HGET', key, 'n')
+  if not n then return false end
+  local size = tonumber(redis.call('HGET', key, 'bytes')) + string.len(packet)
+  if tonumber(n) + 1 > tonumber(maxn) or size > tonumber(maxb) then
+    local sid = redis.call('HGET', key, 'sid')
+    redis.call('DEL', key, key .. ':p')
+    if sid then redis.call('HDEL', 'relay:held', sid) end
+    return false
+  end
+  redis.call('RPUSH', key .. ':p', packet)
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 then redis.call('PEXPIRE', key .. ':p', ttl) end
+  redis.call('HSET', key, 'n', tonumber(n) + 1, 'bytes', size)
+  return true
+end
+"""
+
 #: What a direct message does for a connection that is not live (Lua, shared by the two DIRECT
 #: scripts): ``held`` is its ``relay:held`` value, ``"<node> <pid>"``. Held on another node:
 #: that node collects it (a publish on its channel; not counted as delivered). Saved in Redis
-#: (node ``-``): it is appended to the saved session, within the session's bounds (past them the
-#: session is forgotten, as a node forgets one that missed too much). Held here: the caller's
-#: node collected it already.
-_STASH = """
+#: (node ``-``): it is appended to the saved session (``keep``). Held here: the caller's node
+#: collected it already.
+_STASH = (
+    _KEEP
+    + """
 local function stash(heldkey, sid, held, here, packet, maxn, maxb)
   local node, pid = string.match(held, '^(%S+) (%S+)$')
   if not node then return end
   if node == '-' then
-    local key = 'relay:session:' .. pid
-    local n = redis.call('HGET', key, 'n')
-    if not n then
-      redis.call('HDEL', heldkey, sid)
-      return
-    end
-    local size = tonumber(redis.call('HGET', key, 'bytes')) + string.len(packet)
-    if tonumber(n) + 1 > tonumber(maxn) or size > tonumber(maxb) then
-      redis.call('DEL', key, key .. ':p')
-      redis.call('HDEL', heldkey, sid)
-      return
-    end
-    redis.call('RPUSH', key .. ':p', packet)
-    local ttl = redis.call('PTTL', key)
-    if ttl > 0 then redis.call('PEXPIRE', key .. ':p', ttl) end
-    redis.call('HSET', key, 'n', tonumber(n) + 1, 'bytes', size)
+    if not keep(pid, packet, maxn, maxb) then redis.call('HDEL', heldkey, sid) end
   elseif node ~= here then
     redis.call('PUBLISH', 'relay:node:' .. node, sid .. ' ' .. packet)
   end
 end
 """
+)
+
+#: A presence event: KEYS the room's saved sessions (``relay:{room}:saved``, pids); ARGV the
+#: room's channel, the channel message, the packet, most packets and bytes of a saved session.
+#: Publishes it, and appends the packet to every session saved from the room (those gone are
+#: taken out of the set).
+PRESENCE = (
+    _KEEP
+    + """
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local kept = 0
+for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if keep(pid, ARGV[3], ARGV[4], ARGV[5]) then
+    kept = kept + 1
+  else
+    redis.call('SREM', KEYS[1], pid)
+  end
+end
+return kept
+"""
+)
 
 #: KEYS the user's hash (sid -> node, or ``=`` for a connection not live: see ``relay:held``),
 #: relay:held; ARGV this node, packet, most packets and bytes of a saved session. Publishes to
@@ -168,6 +201,11 @@ if n > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 redis.call('HSET', KEYS[3], ARGV[1], '- ' .. ARGV[5])
+for room, _ in pairs(cjson.decode(ARGV[3])) do
+  local saved = 'relay:{' .. room .. '}:saved'
+  redis.call('SADD', saved, ARGV[5])
+  if redis.call('PTTL', saved) < tonumber(ARGV[4]) then redis.call('PEXPIRE', saved, ARGV[4]) end
+end
 redis.call('DEL', KEYS[4])
 redis.call('SREM', KEYS[5], ARGV[1])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], '=') end
@@ -188,6 +226,9 @@ local rooms = redis.call('HGET', KEYS[1], 'rooms')
 local packets = redis.call('LRANGE', KEYS[2], 0, -1)
 local ttl = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2])
+for room, _ in pairs(cjson.decode(rooms)) do
+  redis.call('SREM', 'relay:{' .. room .. '}:saved', ARGV[3])
+end
 redis.call('HSET', KEYS[3], sid, ARGV[2] .. ' ' .. ARGV[3])
 redis.call('SADD', KEYS[5], sid)
 return {1, sid, rooms, packets, ttl}

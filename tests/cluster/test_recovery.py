@@ -166,6 +166,8 @@ def test_a_session_saved_by_a_stopped_node_gets_what_redis_kept_meanwhile(
         {"event": "message", "data": {"n": 5}, "offset": 3},
         {"event": "message", "data": {"n": 6}, "offset": 4},
     ]
+    # presence of the room while only Redis held the session was kept for it too
+    assert r["presence"] == [["join", "carol"], ["leave", "carol"]], r
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -230,6 +232,32 @@ def test_a_saved_session_cannot_grow_past_its_bounds(redis_server: Any) -> None:
     # and the user's mark of a session gone is cleaned up on the next direct
     assert r.eval(scripts.DIRECT_USER, 2, *k, "n2", "z", 4, 1000) == 0
     assert r.hget("relay:user:u", "S1") is None
+    r.close()
+
+
+def test_presence_kept_for_saved_sessions_is_bounded_too(redis_server: Any) -> None:
+    from relay.backends import scripts
+
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    keys, args = _save_args(["a"])
+    args[2] = '{"lobby": ["E", 7]}'
+    r.eval(scripts.SAVE, len(keys), *keys, *args)
+    assert r.smembers("relay:{lobby}:saved") == {"P1"}
+    assert 0 < r.pttl("relay:{lobby}:saved") <= 60_000
+    presence = ["relay:{lobby}:saved"]
+    assert (
+        r.eval(scripts.PRESENCE, 1, *presence, "relay:{lobby}:ch", "0 - n - p", "p1", 3, 1000) == 1
+    )
+    assert (
+        r.eval(scripts.PRESENCE, 1, *presence, "relay:{lobby}:ch", "0 - n - p", "p2", 3, 1000) == 1
+    )
+    assert r.lrange("relay:session:P1:p", 0, -1) == ["a", "p1", "p2"]
+    # a fourth packet passes the bound: the session is forgotten, and the room's set tidied
+    assert (
+        r.eval(scripts.PRESENCE, 1, *presence, "relay:{lobby}:ch", "0 - n - p", "p3", 3, 1000) == 0
+    )
+    assert not r.exists("relay:session:P1", "relay:session:P1:p", "relay:{lobby}:saved")
+    assert r.hget("relay:held", "S1") is None
     r.close()
 
 

@@ -132,6 +132,7 @@ async function pair(options) {
   const joined = await alice.call("join", { room });
   await alice.call("join", { room: alone });
   await bob.call("join", { room });
+  await alice.presence("join", bob.socket.id); // (before anything drops: seen live)
   return { room, alone, alice, bob, first, joined };
 }
 
@@ -248,6 +249,12 @@ const SCENARIOS = {
     const acks = [];
     acks.push(ok(await bob.call("direct", { to: sid, event: "dm", data: { n: 1 } }), "direct 1"));
     acks.push(ok(await bob.call("direct", { user: `alice-${RUN}`, data: { n: 2 } }), "direct 2"));
+    // someone comes and goes meanwhile: presence she must hear of too
+    const carol = new Client("carol", urlB, `carol-${RUN}`);
+    await carol.connected();
+    ok(await carol.call("join", { room }), "carol joins");
+    ok(await carol.call("leave", { room }), "carol leaves");
+    const carolSid = carol.socket.id;
     for (let n = 3; n <= 5; n++) {
       acks.push(ok(await bob.call("publish", { room, data: { n } }), `publish ${n}`));
     }
@@ -258,7 +265,11 @@ const SCENARIOS = {
     await alice.gotAll(5, back);
     ok(await bob.call("publish", { room, data: { n: 6 } }), "publish 6");
     await alice.gotAll(6, back);
-    return { sid, first, dropped, acks, again, received: alice.received(back) };
+    const presence = alice.log
+      .slice(back)
+      .filter((e) => e.event === "presence")
+      .map((e) => [e.args[0].action, e.args[0].member.sid === carolSid ? "carol" : e.args[0].member.sid]);
+    return { sid, first, dropped, acks, again, presence, received: alice.received(back) };
   },
 
   /** A is killed (SIGKILL: nothing saved); Alice recovers with join + since + epoch on B. */
