@@ -19,6 +19,10 @@ transport limit at most (python-socketio holds them without a bound); an event w
 does not parse is answered ``bad_request`` through its ack (python-socketio drops it without a
 word); a session that is closing accepts no CONNECT; and a session left without a namespace
 (a DISCONNECT from either side) is handed to the Engine.IO layer's connect timeout.
+
+A CONNECT on "/" is admitted by a gate (relay.handlers), without awaiting on relay's websocket
+path; an admission whose session must be looked for in other processes first (``lookup``:
+cluster mode, relay.backends.handover) is finished in a task, and the CONNECT is answered then.
 """
 
 from __future__ import annotations
