@@ -109,7 +109,13 @@ def build_sio(settings: Settings) -> socketio.AsyncServer:
 
 
 async def drain(sio: socketio.AsyncServer) -> None:
-    """Close every Engine.IO session cleanly, so clients reconnect (to this or another node)."""
+    """Close every Engine.IO session cleanly, so clients reconnect (to this or another node).
+
+    Before the first close, ``sio.before_drain`` (relay.handlers) tells the relay core: a
+    cluster node keeps the connections it closes as sessions, saved for other nodes."""
+    before = getattr(sio, "before_drain", None)
+    if before is not None:
+        before()
     sockets = list(sio.eio.sockets.values())
     for sock in sockets:
         with contextlib.suppress(Exception):

@@ -203,7 +203,7 @@ class ConnectHook:
 async def admit(relay: Relay, hook: ConnectHook, sio: Any, auth: Any, eio_sid: str) -> Admission:
     """Let a connection in, asking the hook (tokens first: see the module); raises
     ConnectionRefusedError, as the synchronous gate does, with the contract's error data."""
-    from relay.handlers import Admission, identify
+    from relay.handlers import admission, identify
 
     settings = relay.settings
     if settings.secret is not None and isinstance(auth, dict) and auth.get("token") is not None:
@@ -218,8 +218,7 @@ async def admit(relay: Relay, hook: ConnectHook, sio: Any, auth: Any, eio_sid: s
             identity = await hook.identify(auth or {}, environ, ip)
         except RelayError as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
-    pid = auth.get("pid") if isinstance(auth, dict) else None
-    return Admission(relay, identity, relay.recoverable(pid, identity))
+    return admission(relay, identity, auth)
 
 
 def setup(sio: Any, relay: Relay, settings: Settings) -> ConnectHook | None:

@@ -141,16 +141,38 @@ def identify(relay: Relay, auth: Any) -> Identity:
 class Admission:
     """One accepted connection on "/": new, or taking over a dropped one (relay.core.recovery)."""
 
-    def __init__(self, relay: Relay, identity: Identity, session: Session | None) -> None:
+    def __init__(
+        self, relay: Relay, identity: Identity, session: Session | None, lookup: str | None = None
+    ) -> None:
         self.relay = relay
         self.identity = identity
         self.session = session
         self.sid = session.sid if session is not None else None
         self.eio_sid = ""
+        #: a pid to look for on other nodes (relay.backends.handover) before connecting
+        self.lookup = lookup
+
+    async def settle(self) -> None:
+        """Look for the session ``lookup`` names elsewhere (a cluster backend)."""
+        pid, self.lookup = self.lookup, None
+        session = await self.relay.fetch_session(pid, self.identity)
+        if session is None:
+            return
+        if not all(self.identity.allows(room) for room in session.rooms):
+            self.relay.abandon(session)  # (as on one node: this token may not have it)
+            return
+        self.session, self.sid = session, session.sid
+
+    def cancel(self) -> None:
+        """The connection went before it was admitted: its session stays recoverable."""
+        if self.session is not None:
+            self.relay.abandon(self.session)
+            self.session = None
 
     def before_connect(self, sid: str, eio_sid: str) -> dict[str, Any]:
         relay, session = self.relay, self.session
         if session is not None and session.sid != sid:
+            relay.abandon(session)
             self.session = session = None  # its sid was taken after all: a new connection
         if session is None:
             relay.connect(sid, eio_sid, self.identity.user, self.identity)
@@ -166,11 +188,20 @@ class Admission:
             log.debug("%s recovered", self.session.sid)
 
 
+def admission(relay: Relay, identity: Identity, auth: Any) -> Admission:
+    """``identity``'s admission, with the session its ``auth.pid`` names: found here, or (a
+    backend whose sessions move between processes) to be looked for elsewhere."""
+    pid = auth.get("pid") if isinstance(auth, dict) else None
+    session = relay.recoverable(pid, identity)
+    lookup = None
+    if session is None and relay.moves_sessions and isinstance(pid, str):
+        lookup = pid
+    return Admission(relay, identity, session, lookup)
+
+
 def gate(relay: Relay, auth: Any) -> Admission:
     """Let a connection in: authenticated, and with the session its ``auth.pid`` names."""
-    identity = identify(relay, auth)
-    pid = auth.get("pid") if isinstance(auth, dict) else None
-    return Admission(relay, identity, relay.recoverable(pid, identity))
+    return admission(relay, identify(relay, auth), auth)
 
 
 def register(sio: socketio.AsyncServer, relay: Relay) -> None:
@@ -200,7 +231,12 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
         # (the same, as a plain function: RelaySocketIO runs it without a coroutine)
         if (fake := lifecycle_event_from_client(sid, "disconnect")) is not None:
             return fake
-        relay.disconnect(sid, recoverable=reason is not None and reason not in goodbyes)
+        recoverable = reason is not None and (
+            reason not in goodbyes
+            # (a shutdown closing it, when its session can move to another node)
+            or (relay.moving and reason == sio.reason.SERVER_DISCONNECT)
+        )
+        relay.disconnect(sid, recoverable=recoverable)
         return None
 
     def make(event: str) -> Callable[..., Awaitable[Ack]]:
@@ -242,6 +278,7 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
         # (with recovery off too: then it never finds a session to hand back, and the CONNECT
         # still needs no task on relay's websocket path)
         sio.gate = lambda auth: gate(relay, auth)
+    sio.before_drain = relay.move_out  # (relay.app.drain)
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
     if isinstance(sio, RelaySocketIO):

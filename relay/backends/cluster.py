@@ -35,6 +35,11 @@ in :mod:`relay.backends.scripts`.
 - **Nodes** refresh a heartbeat key every third of ``RELAY_NODE_TIMEOUT``; a node that finds
   another's expired takes a lock (SET NX) and removes the dead node's connections and members,
   announcing their leaves once.
+- **Recovery across nodes**: a dropped connection's session stays on its node, which tells
+  Redis where it is (``relay:pid:<pid>``, ``relay:held``); a reconnect landing elsewhere has it
+  handed over through Redis, and a node stopped with SIGTERM saves every session there first
+  (:mod:`relay.backends.handover`). A killed node's sessions are lost: its clients rejoin with
+  ``since``.
 - **Faults**: see :mod:`relay.backends.redis`. While Redis is unavailable, ``/healthz`` is 503,
   publishes, joins and presence are ``unavailable``, and what needs no Redis (a direct to a
   connection on this node, leaving) still works. When it is back the node writes its state
@@ -53,10 +58,12 @@ from typing import Any
 import orjson
 
 from relay.backends import scripts
+from relay.backends.handover import HELD, Handover, is_pid
 from relay.backends.redis import Bus, connect, describe
 from relay.core import envelope
 from relay.core.auth import Identity
 from relay.core.deferred import Deferred
+from relay.core.recovery import Session
 from relay.core.rooms import Member
 from relay.core.service import Relay, Sender
 from relay.errors import BadRequest, RateLimited, RelayError, Unavailable
@@ -71,6 +78,8 @@ META_TTL_MS = 24 * 3600 * 1000
 PENDING_MAX = 4096
 #: seconds start-up waits for Redis before it says ready anyway (unhealthy until Redis answers)
 START_WAIT_S = 5.0
+#: seconds a shutdown waits for in-flight work (publishes, joins) before cancelling it
+STOP_WAIT_S = 2.0
 CONNS = "relay:conns"
 NODES = "relay:nodes"
 
@@ -103,6 +112,7 @@ class ClusterRelay(Relay):
     """The relay core on Redis: see the module's docstring."""
 
     backend = "Redis cluster"
+    moves_sessions = True
 
     def __init__(self, settings: Settings, transport: Transport) -> None:
         super().__init__(settings, transport)
@@ -115,6 +125,7 @@ class ClusterRelay(Relay):
         self._join_script = self.bus.script(scripts.JOIN)
         self._direct_user_script = self.bus.script(scripts.DIRECT_USER)
         self._direct_sid_script = self.bus.script(scripts.DIRECT_SID)
+        self._presence_script = self.bus.script(scripts.PRESENCE)
         self.feeds: dict[str, Feed] = {}
         #: (sid, room) -> the join of it under way
         self._joins: dict[tuple[str, str], asyncio.Task[Any]] = {}
@@ -124,13 +135,17 @@ class ClusterRelay(Relay):
         self.filled = 0
         #: heartbeats sent (each followed by a look for dead nodes)
         self.heartbeats = 0
+        # connection state recovery across nodes (relay.backends.handover)
+        self.handover = Handover(self)
+        self.recovery.ended = self.handover.ended
+        self._beat: asyncio.Task[Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.bus.listen_to(self.node_channel)
         self.bus.start()
-        self.spawn(self._heartbeat(), "relay-node-heartbeat")
+        self._beat = self.spawn(self._heartbeat(), "relay-node-heartbeat")
         try:
             await asyncio.wait_for(self.bus.ready.wait(), START_WAIT_S)
         except TimeoutError:
@@ -142,11 +157,25 @@ class ClusterRelay(Relay):
 
     async def stop(self) -> None:
         """Shut down (after the server closed every connection, whose leaves are queued):
-        send what is queued, then take this node out of the cluster, so nobody reaps it."""
+        finish in-flight publishes and joins (a while), save every session waiting for
+        recovery in Redis (relay.backends.handover), send what is queued, then take this node
+        out of the cluster, so nobody reaps it."""
+        if self._beat is not None:
+            self._beat.cancel()
+        busy = [task for task in self._tasks if task is not self._beat]
+        if busy:
+            await asyncio.wait(busy, timeout=min(STOP_WAIT_S, self.settings.shutdown_timeout / 4))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        if self.moving:  # (connections still here: kept like those the drain closed)
+            for sid in [sid for sid, _ in self.registry.items()]:
+                self.disconnect(sid, recoverable=True)
+        if self.bus.reachable and self.recovery.enabled:
+            saved = self.handover.save_all()
+            if saved:
+                log.info("saved %d sessions for recovery on other nodes", saved)
         if self.bus.reachable:
             node = self.node
             keys = [f"relay:node:{node}:{what}" for what in ("alive", "sids", "rooms")]
@@ -205,13 +234,30 @@ class ClusterRelay(Relay):
             return
         user, node, bus = member.user, self.node, self.bus
         bus.send(lambda pipe: pipe.hdel(CONNS, sid))
-        bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:sids", sid))
-        if user is not None:
-            bus.send(lambda pipe: pipe.hdel(f"relay:user:{user}", sid))
+        session = self.recovery.session_of(sid) if recoverable else None
+        if session is not None:
+            self.handover.held(session)  # (its sid and user stay known, as a session's)
+        else:
+            bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:sids", sid))
+            if user is not None:
+                bus.send(lambda pipe: pipe.hdel(f"relay:user:{user}", sid))
         for room in rooms:
             self._left(room, sid)
 
+    async def fetch_session(self, pid: Any, identity: Identity) -> Session | None:
+        if not is_pid(pid) or not self.recovery.enabled or not self.bus.reachable:
+            return None
+        return await self.handover.fetch(pid, identity)
+
+    def abandon(self, session: Session) -> None:
+        if session.offsets is None:
+            super().abandon(session)
+        else:
+            self.handover.abandon(session)
+
     def resume(self, session: Any, eio_sid: str, identity: Identity) -> Member:
+        if session.offsets is not None:
+            return self._resume_moved(session, eio_sid, identity)
         member = super().resume(session, eio_sid, identity)
         self._write_connection(member)
         for room in member.rooms:
@@ -219,6 +265,35 @@ class ClusterRelay(Relay):
             if room not in self.feeds:
                 self.spawn(self._follow(room))
         return member
+
+    def _resume_moved(self, session: Session, eio_sid: str, identity: Identity) -> Member:
+        """Bring back ``session``, brought from another node: same sid, what it collected
+        there, then each room rejoined from the last offset it got (relay.backends.handover)."""
+        sid = session.sid
+        assert session.offsets is not None
+        self.recovery.adopt(sid, session.pid)
+        self.transport.attach(sid, eio_sid)
+        self._watch_expiry(sid, identity)
+        member = self.registry.connect(sid, identity.user, identity)
+        member.connected_at = self._clock()
+        if self.hooks is not None:
+            self.hooks.connected(member)
+        self._write_connection(member)
+        self.bus.send(lambda pipe: pipe.hdel(HELD, sid))
+        for packet in [*session.packets, *self.handover.arrived(session)]:
+            self.transport.send(sid, packet)
+        for room, (epoch, offset) in session.offsets.items():
+            key = (sid, room)
+            since = offset if offset >= 0 and epoch else None
+            job = self._join(member, room, since, epoch or None, self._joins.get(key), True)
+            self._track_join(key, self.spawn(job))
+        return member
+
+    def _track_join(self, key: tuple[str, str], task: asyncio.Task[Any]) -> None:
+        self._joins[key] = task
+        task.add_done_callback(
+            lambda done: self._joins.pop(key, None) if self._joins.get(key) is done else None
+        )
 
     async def _follow(self, room: str) -> None:
         """Subscribe to ``room`` and anchor its feed (a recovered member is in it again)."""
@@ -311,7 +386,11 @@ class ClusterRelay(Relay):
         since: int | None,
         epoch: str | None,
         before: asyncio.Task[Any] | None = None,
+        recovering: bool = False,
     ) -> dict[str, Any]:
+        """The join of ``room`` (see the module's docstring); ``recovering``: a session moved
+        from another node rejoins from ``since``, and replays nothing when that offset is not
+        one of the room's (another epoch: live is all there is)."""
         if before is not None:
             await asyncio.wait({before})
         sid = member.sid
@@ -350,7 +429,7 @@ class ClusterRelay(Relay):
                 self.bus.send(lambda pipe: pipe.hdel(_key(room, "members"), sid))
                 raise BadRequest("the connection closed while joining")
             ack: dict[str, Any] = {"ok": True, "room": room}
-            if not already and since is not None:
+            if not already and since is not None and (not recovering or used == since):
                 for offset, packet, _ in replay:
                     if offset > used:
                         self.transport.send(sid, packet)
@@ -435,9 +514,11 @@ class ClusterRelay(Relay):
         self._publish_event(room, packet, self.node)
 
     def _publish_event(self, room: str, packet: str, origin: str) -> None:
+        # (sessions saved from the room get it too: relay.backends.handover)
         text = f"0 - {origin} - {packet}"
-        channel = _key(room, "ch")
-        self.bus.send(lambda pipe: pipe.publish(channel, text))
+        keys = [_key(room, "saved")]
+        args = [_key(room, "ch"), text, packet, self.recovery.max_packets, self.settings.max_buffer]
+        self.bus.send(self._presence_script.run(keys, args))
 
     # -- publish -------------------------------------------------------------------------------
 
@@ -504,7 +585,10 @@ class ClusterRelay(Relay):
 
     def _on_message(self, channel: str, data: str) -> None:
         if channel == self.node_channel:
-            self._on_direct(data)
+            if data.startswith("?"):  # (sids never start with "?")
+                self.handover.control(data)
+            else:
+                self._on_direct(data)
             return
         room = channel[7:-4]  # relay:{<room>}:ch
         feed = self.feeds.get(room)
@@ -630,10 +714,14 @@ class ClusterRelay(Relay):
         self, message: envelope.Message, to: str | None, user: str | None, local: int
     ) -> dict[str, Any]:
         packet, node = message.packet, self.node
+        bounds = [self.recovery.max_packets, self.settings.max_buffer]
+        script: Any
         if to is not None:
-            script, keys, args = self._direct_sid_script, [CONNS], [to, node, packet]
+            script, keys = self._direct_sid_script, [CONNS, HELD]
+            args: list[Any] = [to, node, packet, *bounds]
         else:
-            script, keys, args = self._direct_user_script, [f"relay:user:{user}"], [node, packet]
+            script, keys = self._direct_user_script, [f"relay:user:{user}", HELD]
+            args = [node, packet, *bounds]
 
         remote = int(await self.bus.call(script.run(keys, args)))
         self.stats["delivered"] += remote
@@ -645,6 +733,8 @@ class ClusterRelay(Relay):
         for sid in sids.split(","):
             if registry.get(sid) is not None:
                 transport.send(sid, packet)
+            elif not self.recovery.to_sid(sid, packet):  # (a session waiting here collects it)
+                self.handover.direct(sid, packet)  # (or one on its way here)
 
     # -- Redis (re)connected, heartbeats, dead nodes --------------------------------------------
 
@@ -663,6 +753,13 @@ class ClusterRelay(Relay):
                 pipe.hset(f"relay:user:{member.user}", sid, node)
             for room in member.rooms:
                 pipe.hset(_key(room, "members"), sid, self._member_json(member))
+        px = max(1, int(self.recovery.ttl * 1000))
+        for session in self.recovery.sessions():
+            pipe.sadd(f"relay:node:{node}:sids", session.sid)
+            pipe.hset(HELD, session.sid, f"{node} {session.pid}")
+            pipe.set(f"relay:pid:{session.pid}", node, px=px)
+            if session.user is not None:
+                pipe.hset(f"relay:user:{session.user}", session.sid, "=")
         for room in rooms:
             pipe.sadd(f"relay:node:{node}:rooms", room)
             pipe.get(_key(room, "seq"))
@@ -713,6 +810,9 @@ class ClusterRelay(Relay):
             value = await self._cmd("hget", CONNS, sid)
             await self._cmd("hdel", CONNS, sid)
             user = (value or "").partition(" ")[2]
+            held = await self._cmd("hget", HELD, sid)
+            if held is not None and held.startswith(f"{dead} "):  # (a session it held: lost)
+                await self._cmd("hdel", HELD, sid)  # (its user's "=" mark goes on next use)
             if user:
                 await self._cmd("hdel", f"relay:user:{user}", sid)
         rooms = await call(lambda pipe: pipe.smembers(f"relay:node:{dead}:rooms"))
@@ -753,6 +853,7 @@ class ClusterRelay(Relay):
                 "nodes_reaped": self.reaped,
                 "heartbeats": self.heartbeats,
                 "gap_filled": self.filled,
+                "sessions": self.handover.describe(),
             },
         }
 

@@ -36,6 +36,11 @@ whose next packet would pass that bound is forgotten, like one that missed too m
 are the very strings other recipients got (encoded once), so a session costs a reference per
 packet, not a copy (the byte counts count them anyway: a direct message's packet is its own).
 
+In cluster mode a session may also move to the node its client reconnects to (or be saved in
+Redis when its node shuts down): :mod:`relay.backends.handover`. Such a session comes back
+with ``offsets`` (per room, the epoch and the last offset it got), from which its rooms are
+rejoined; :meth:`Recovery.take` forgets one that moved without calling ``ended``.
+
 What this cannot do: packets already written to the old socket when it died, but never read by
 the client, are gone (the server cannot tell them from packets the client did read without
 per-packet acknowledgements from the client, which relay's envelopes do not carry).
@@ -69,6 +74,11 @@ class Session:
     size: int = 0
     #: a reconnect is taking this session over (it may no longer be found, still collects)
     reserved: bool = False
+    #: it left this process for another (relay.backends.handover): its end is no end
+    moved: bool = False
+    #: a session brought from another node: room -> (epoch, the last offset it got), from
+    #: which it rejoins each room; None for one of this process (its rooms never stopped)
+    offsets: dict[str, tuple[str, int]] | None = None
 
 
 class Recovery:
@@ -96,6 +106,9 @@ class Recovery:
         self._by_sid: dict[str, Session] = {}
         self._by_room: dict[str, dict[str, Session]] = {}
         self._by_user: dict[str, dict[str, Session]] = {}
+        #: told of every session that ends here (expired, overflowed, claimed; not one that
+        #: moved to another node): a cluster backend forgets what it wrote of it
+        self.ended: Callable[[Session], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -117,6 +130,10 @@ class Recovery:
     def pid_of(self, sid: str) -> str | None:
         return self._pids.get(sid)
 
+    def adopt(self, sid: str, pid: str) -> None:
+        """``sid`` (a session brought from another node) is live here under ``pid``."""
+        self._pids[sid] = pid
+
     def forget(self, sid: str) -> None:
         """``sid`` is gone for good (it said goodbye, or was refused)."""
         self._pids.pop(sid, None)
@@ -134,6 +151,14 @@ class Recovery:
         if user is not None:
             self._by_user.setdefault(user, {})[sid] = session
         return session
+
+    def session_of(self, sid: str) -> Session | None:
+        """The session ``sid`` left behind, while it waits."""
+        return self._by_sid.get(sid)
+
+    def sessions(self) -> list[Session]:
+        """Every session waiting to be recovered."""
+        return list(self._by_sid.values())
 
     def holds(self, room: str) -> bool:
         """Whether a session waiting to be recovered was in ``room``."""
@@ -166,6 +191,15 @@ class Recovery:
         missed = list(session.packets)
         self._drop(session)
         self._pids[session.sid] = session.pid
+        return missed
+
+    def take(self, session: Session) -> list[str]:
+        """``session`` moves to another node: forget it here; returns what it collected."""
+        if self._by_sid.get(session.sid) is not session:
+            return []
+        missed = list(session.packets)
+        session.moved = True
+        self._drop(session)
         return missed
 
     # -- collecting ----------------------------------------------------------------------------
@@ -236,6 +270,8 @@ class Recovery:
         session.packets.clear()
         self.total -= session.size
         session.size = 0
+        if self.ended is not None and not session.moved:
+            self.ended(session)
 
 
 def _discard(index: dict[str, dict[str, Session]], key: str, sid: str) -> None:

@@ -138,6 +138,24 @@ class Relay:
             return None
         return session
 
+    #: whether sessions may move to another process (a cluster backend: relay.backends)
+    moves_sessions = False
+    #: set when a shutdown begins on a backend whose sessions move: the connections it closes
+    #: are kept as sessions (their clients reconnect elsewhere and recover)
+    moving = False
+
+    def move_out(self) -> None:
+        """The server is shutting down and closes every connection (relay.app.drain)."""
+        self.moving = self.moves_sessions and self.recovery.enabled
+
+    async def fetch_session(self, pid: Any, identity: Identity) -> Session | None:
+        """The session ``pid`` names, brought from another process, if this backend can."""
+        return None
+
+    def abandon(self, session: Session) -> None:
+        """A reconnect did not take ``session`` over after all: it may be found again."""
+        self.recovery.release(session)
+
     def resume(self, session: Session, eio_sid: str, identity: Identity) -> Member:
         """Bring ``session`` back on ``eio_sid``: same sid, same rooms, then what it missed."""
         sid = session.sid

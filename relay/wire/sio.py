@@ -19,6 +19,10 @@ transport limit at most (python-socketio holds them without a bound); an event w
 does not parse is answered ``bad_request`` through its ack (python-socketio drops it without a
 word); a session that is closing accepts no CONNECT; and a session left without a namespace
 (a DISCONNECT from either side) is handed to the Engine.IO layer's connect timeout.
+
+A CONNECT on "/" is admitted by a gate (relay.handlers), without awaiting on relay's websocket
+path; an admission whose session must be looked for in other processes first (``lookup``:
+cluster mode, relay.backends.handover) is finished in a task, and the CONNECT is answered then.
 """
 
 from __future__ import annotations
@@ -57,6 +61,16 @@ class Admission(Protocol):
 
     #: the sid of the dropped connection it takes over, or None for a new sid
     sid: str | None
+    #: a session to look for in other processes first (``settle``), or None
+    lookup: str | None
+
+    async def settle(self) -> None:
+        """Look for the ``lookup`` session (it may set ``sid``)."""
+        ...
+
+    def cancel(self) -> None:
+        """The Engine.IO session went while ``settle`` was awaited."""
+        ...
 
     def before_connect(self, sid: str, eio_sid: str) -> dict[str, Any]:
         """Register ``sid`` (the CONNECT answer follows); returns that answer's data."""
@@ -174,6 +188,10 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         #: function of (sid, reason)): while that coroutine is the handler, a disconnect runs
         #: the plain one, with no task or coroutine (relay.handlers)
         self.disconnect_now: tuple[Callable[..., Any], Callable[[str, Any], Any]] | None = None
+        #: CONNECTs waiting for a session looked for in other processes (``_connect_later``)
+        self._connecting: set[asyncio.Task[None]] = set()
+        #: called when a shutdown starts closing every session (relay.app.drain)
+        self.before_drain: Callable[[], None] | None = None
         eio = self.eio
         if isinstance(eio, RelayEngine):
             # python-socketio's Engine.IO "connect" handler, and the same without awaiting
@@ -229,6 +247,28 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             refused = self.packet_class(sio_packet.CONNECT_ERROR, data=exc.error_args)
             await self._send_packet(eio_sid, refused)
             return
+        if admission.lookup is not None:
+            await admission.settle()
+            if not self._session_open(eio_sid):
+                admission.cancel()
+                return
+        await self._admit(eio_sid, admission)
+
+    async def _connect_later(self, eio_sid: str, admission: Admission) -> None:
+        """The rest of ``_connect_now`` for a connection whose session is looked for
+        elsewhere first (its CONNECT is answered once that is done)."""
+        await admission.settle()
+        if not self._session_open(eio_sid):
+            admission.cancel()
+            return
+        await self._admit(eio_sid, admission)
+
+    def _connect_done(self, task: asyncio.Task[None]) -> None:
+        self._connecting.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("admitting a connection failed", exc_info=exc)
+
+    async def _admit(self, eio_sid: str, admission: Admission) -> None:
         manager = self.manager
         sid = None
         if admission.sid is not None:
@@ -404,6 +444,11 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             admission = gate(auth)
         except socketio.exceptions.ConnectionRefusedError as exc:
             fast.write_frame(text_frame(b"44" + orjson.dumps(exc.error_args)))
+            return True
+        if admission.lookup is not None:  # (a cluster node asks Redis first: awaited)
+            task = asyncio.get_running_loop().create_task(self._connect_later(eio_sid, admission))
+            self._connecting.add(task)
+            task.add_done_callback(self._connect_done)
             return True
         sid = None
         if admission.sid is not None:

@@ -126,6 +126,29 @@ def test_a_reserved_session_is_not_found_until_released() -> None:
     assert rec.find(pid) is session
 
 
+def test_a_session_that_moves_away_is_forgotten_without_ending() -> None:
+    # (cluster mode: relay.backends.handover hears of every end but a move)
+    rec, clock = store(ttl=10)
+    ended: list[str] = []
+    rec.ended = lambda session: ended.append(session.sid)
+    for sid in ("moves", "overflows", "comes back", "overflows too"):
+        rec.issue(sid)
+        rec.hold(sid, "u", ["r"])
+    moving = rec.session_of("moves")
+    assert moving is not None and rec.to_room("r", "a") == 4
+    assert rec.take(moving) == ["a"] and moving.moved and rec.take(moving) == []
+    assert rec.session_of("moves") is None and rec.to_sid("moves", "b") == 0
+    back = rec.session_of("comes back")
+    assert back is not None and rec.claim(back) == ["a"]
+    assert rec.to_room("r", "x" * 2000) == 0  # past max_bytes: forgotten
+    assert ended == ["comes back", "overflows", "overflows too"]
+    assert rec.sessions() == [] and rec.total == 0
+    rec.adopt("from elsewhere", "P")  # a session brought from another node is live here
+    assert rec.pid_of("from elsewhere") == "P"
+    clock.now += 11
+    assert rec.expire() == 0
+
+
 def test_settings_recovery_ttl() -> None:
     assert Settings().recovery_ttl == 120
     assert Settings.from_env({"RELAY_RECOVERY_TTL": "2m"}).recovery_ttl == 120
