@@ -255,11 +255,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await asyncio.wait(tasks, timeout=5)
             await drain(sio)
             await sio.shutdown()
+            # (before webhooks close: a cluster node's last leaves may vacate rooms, which
+            # Redis tells it)
+            await relay.stop()
             if hooks is not None:  # (after the drain: its disconnects are reported too)
                 await hooks.close(settings.shutdown_timeout)
             if hook is not None:
                 await hook.close()
-            await relay.stop()
 
     sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
     routes = [

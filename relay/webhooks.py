@@ -17,6 +17,11 @@ or a 5xx, until ``RELAY_WEBHOOK_RETRY_FOR`` has passed since its first attempt; 
 are dropped and counted. Any other answer outside 2xx drops the batch at once. Each attempt is
 signed afresh (its own ``X-Relay-Timestamp``), so a receiver's 5-minute window holds for retries.
 
+``room_occupied`` and ``room_vacated`` follow the ``join`` of a room's first member and the
+``leave`` of its last. One process knows both when it notes the join or leave; in a cluster
+(:mod:`relay.backends.cluster`) the script in Redis that adds or removes the member decides,
+and the node whose script did reports it, once (:attr:`Webhooks.rooms_here` off).
+
 At shutdown the sender flushes what is queued, without lingering, for up to
 ``RELAY_SHUTDOWN_TIMEOUT``; what is still queued or in flight then is dropped and counted.
 """
@@ -141,6 +146,9 @@ class Webhooks:
         #: the sender is gone for good (shut down): events noted now are dropped at once
         self._finished = False
         self._lingering = False
+        #: whether joined/left's first/last decide room_occupied/room_vacated (one process);
+        #: off, the caller reports them with occupied/vacated
+        self.rooms_here = True
         self._next_log: dict[str, float] = {}
         self.stats = {"sent": 0, "requests": 0, "retries": 0}
         self.dropped = {"queue_full": 0, "rejected": 0, "expired": 0, "shutdown": 0}
@@ -165,14 +173,22 @@ class Webhooks:
     def joined(self, member: Member, room: str, first: bool) -> None:
         ts = self._clock()
         self._put(("join", ts, member.sid, member.user, room))
-        if first:
+        if first and self.rooms_here:
             self._put(("room_occupied", ts, member.sid, member.user, room))
 
     def left(self, member: Member, room: str, last: bool) -> None:
         ts = self._clock()
         self._put(("leave", ts, member.sid, member.user, room))
-        if last:
+        if last and self.rooms_here:
             self._put(("room_vacated", ts, member.sid, member.user, room))
+
+    def occupied(self, sid: str, user: str | None, room: str) -> None:
+        """``sid``'s join made ``room`` occupied (decided elsewhere: see ``rooms_here``)."""
+        self._put(("room_occupied", self._clock(), sid, user, room))
+
+    def vacated(self, sid: str, user: str | None, room: str) -> None:
+        """``sid``'s leave left ``room`` empty (decided elsewhere: see ``rooms_here``)."""
+        self._put(("room_vacated", self._clock(), sid, user, room))
 
     def published(
         self, sid: str, user: str | None, room: str, event: str, offset: int | None

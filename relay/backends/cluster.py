@@ -55,13 +55,14 @@ import orjson
 from relay import envelope
 from relay.auth import Identity
 from relay.backends import scripts
-from relay.backends.redis import Bus, connect, describe
+from relay.backends.redis import CALL_TIMEOUT_S, Bus, connect, describe
 from relay.deferred import Deferred
 from relay.errors import BadRequest, RateLimited, RelayError, Unavailable
 from relay.rooms import Member
 from relay.service import Relay, Sender
 from relay.settings import Settings
 from relay.transport import Transport
+from relay.webhooks import Webhooks
 
 log = logging.getLogger("relay.cluster")
 
@@ -73,6 +74,9 @@ PENDING_MAX = 4096
 START_WAIT_S = 5.0
 CONNS = "relay:conns"
 NODES = "relay:nodes"
+#: the rooms with members, and the rooms kept (members or history): relay.backends.scripts
+ROOMS = "relay:rooms"
+KEPT = "relay:rooms:kept"
 
 
 def _key(room: str, what: str) -> str:
@@ -115,10 +119,14 @@ class ClusterRelay(Relay):
         self._join_script = self.bus.script(scripts.JOIN)
         self._direct_user_script = self.bus.script(scripts.DIRECT_USER)
         self._direct_sid_script = self.bus.script(scripts.DIRECT_SID)
+        self._leave_script = self.bus.script(scripts.LEAVE)
+        self._add_member_script = self.bus.script(scripts.ADD_MEMBER)
         self.feeds: dict[str, Feed] = {}
         #: (sid, room) -> the join of it under way
         self._joins: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: members being removed from (or added to) Redis: shutdown waits for them
+        self._membership: set[asyncio.Task[Any]] = set()
         self.reaped = 0
         #: messages a feed delivered from the stream (gaps), not from the channel
         self.filled = 0
@@ -143,6 +151,8 @@ class ClusterRelay(Relay):
     async def stop(self) -> None:
         """Shut down (after the server closed every connection, whose leaves are queued):
         send what is queued, then take this node out of the cluster, so nobody reaps it."""
+        if self._membership:  # (the leaves: each may vacate a room, reported to webhooks)
+            await asyncio.wait(self._membership, timeout=CALL_TIMEOUT_S)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -209,7 +219,7 @@ class ClusterRelay(Relay):
         if user is not None:
             bus.send(lambda pipe: pipe.hdel(f"relay:user:{user}", sid))
         for room in rooms:
-            self._left(room, sid)
+            self._left(room, member)
 
     def resume(self, session: Any, eio_sid: str, identity: Identity) -> Member:
         member = super().resume(session, eio_sid, identity)
@@ -254,15 +264,40 @@ class ClusterRelay(Relay):
         self.bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:rooms", room))
 
     def _write_member(self, room: str, member: Member) -> None:
-        value = self._member_json(member)
-        self.bus.send(lambda pipe: pipe.hset(_key(room, "members"), member.sid, value))
+        keys = [_key(room, "members"), ROOMS, KEPT]
+        job = self._add_member_script.run(keys, [member.sid, self._member_json(member), room])
+        self._membership_task(self._added(room, member, job))
+
+    async def _added(self, room: str, member: Member, job: Any) -> None:
+        if int(await self.bus.call(job)) and self.hooks is not None:
+            self.hooks.occupied(member.sid, member.user, room)
+
+    def _membership_task(self, job: Coroutine[Any, Any, Any]) -> None:
+        task = self.spawn(job)
+        self._membership.add(task)
+        task.add_done_callback(self._membership.discard)
 
     def _member_json(self, member: Member) -> str:
         return orjson.dumps({"sid": member.sid, "user": member.user, "node": self.node}).decode()
 
-    def _left(self, room: str, sid: str) -> None:
-        self.bus.send(lambda pipe: pipe.hdel(_key(room, "members"), sid))
+    def _left(self, room: str, member: Member) -> None:
+        self._membership_task(self._remove_member(room, member.sid, member.user))
         self._maybe_unfollow(room)
+
+    async def _remove_member(
+        self, room: str, sid: str, user: str | None, report: bool = True
+    ) -> bool:
+        """Remove ``sid`` from the room's members in Redis; when it was the last one, the room
+        is vacated (reported once: only the script that emptied it says so)."""
+        keys = [_key(room, "members"), ROOMS, KEPT, _key(room, "log")]
+        vacated = int(await self.bus.call(self._leave_script.run(keys, [sid, room]))) == 2
+        if vacated and report and self.hooks is not None:
+            self.hooks.vacated(sid, user, room)
+        return vacated
+
+    def report_to(self, hooks: Webhooks) -> None:
+        super().report_to(hooks)
+        hooks.rooms_here = False  # (occupied and vacated are Redis's to say: see _join, _left)
 
     def join(
         self, sid: str, room: str, since: int | None, epoch: str | None = None
@@ -292,6 +327,7 @@ class ClusterRelay(Relay):
         self, room: str, since: int, member: Member | None, epoch: str | None
     ) -> list[Any]:
         keys = [_key(room, "seq"), _key(room, "log"), _key(room, "epoch"), _key(room, "members")]
+        keys += [ROOMS, KEPT]
         args = [
             secrets.token_urlsafe(9),
             META_TTL_MS,
@@ -300,8 +336,16 @@ class ClusterRelay(Relay):
             self._member_json(member) if member is not None else "",
             max(1, self.settings.history_size),
             epoch or "",
+            room,
+            self.settings.max_rooms,
         ]
         reply: list[Any] = await self.bus.call(self._join_script.run(keys, args))
+        if int(reply[0]) < 0:
+            limit = self.settings.max_rooms
+            raise Unavailable(
+                f"the cluster holds {reply[1]} rooms, its limit (RELAY_MAX_ROOMS={limit}):"
+                f" no new room can be made until some are forgotten"
+            )
         return reply
 
     async def _join(
@@ -323,7 +367,7 @@ class ClusterRelay(Relay):
             asked = -1 if since is None or already else since
             reply = await self._call_join(room, asked, member, epoch)
             seq, current, first, count = int(reply[0]), reply[1], int(reply[2]), int(reply[3])
-            used = int(reply[5])
+            used, occupies = int(reply[5]), bool(reply[6])
             self._anchor(feed, seq, current)
             cutoff = envelope.now_ms() - int(self.settings.history_ttl * 1000)
             replay: list[tuple[int, str, str | None]] = []
@@ -347,7 +391,8 @@ class ClusterRelay(Relay):
                     replay.extend(await self._read(room, upto, target))
                     upto = target
             if self.registry.get(sid) is not member:
-                self.bus.send(lambda pipe: pipe.hdel(_key(room, "members"), sid))
+                if not already:
+                    await self._remove_member(room, sid, member.user, report=False)
                 raise BadRequest("the connection closed while joining")
             ack: dict[str, Any] = {"ok": True, "room": room}
             if not already and since is not None:
@@ -362,6 +407,10 @@ class ClusterRelay(Relay):
                     ack["recovered"] = since >= seq
             if self.registry.join(sid, room):
                 self._announce(room, "join", member)
+                if self.hooks is not None:
+                    self.hooks.joined(member, room, False)
+                    if occupies:
+                        self.hooks.occupied(sid, member.user, room)
             ack["offset"] = max(upto, feed.last) if feed.epoch == current else seq
             ack["epoch"] = current
             ack["members"] = count
@@ -378,7 +427,7 @@ class ClusterRelay(Relay):
         was_in = room in member.rooms
         ack = super().leave(sid, room)
         if was_in:
-            self._left(room, sid)
+            self._left(room, member)
         return ack
 
     async def _leave_after(self, joining: asyncio.Task[Any], sid: str, room: str) -> dict[str, Any]:
@@ -663,6 +712,8 @@ class ClusterRelay(Relay):
                 pipe.hset(f"relay:user:{member.user}", sid, node)
             for room in member.rooms:
                 pipe.hset(_key(room, "members"), sid, self._member_json(member))
+                pipe.zadd(ROOMS, {room: 0})
+                pipe.zadd(KEPT, {room: scripts.OCCUPIED})
         for room in rooms:
             pipe.sadd(f"relay:node:{node}:rooms", room)
             pipe.get(_key(room, "seq"))
@@ -701,7 +752,9 @@ class ClusterRelay(Relay):
                 continue  # (logged by the bus; the node is unhealthy meanwhile)
 
     async def _reap(self, dead: str) -> None:
-        """Remove node ``dead``'s connections and members, announcing the leaves (once)."""
+        """Remove node ``dead``'s connections and members, announcing the leaves (once), and
+        reporting them to webhooks as its own leaves and disconnects would have been (then
+        the rooms they vacated)."""
         call = self.bus.call
         lock = f"relay:node:{dead}:reaper"
         px = int(self.settings.node_timeout * 4000)
@@ -709,25 +762,38 @@ class ClusterRelay(Relay):
             return  # another node is at it
         log.warning("cluster node %s stopped answering: removing its connections", dead)
         sids = await call(lambda pipe: pipe.smembers(f"relay:node:{dead}:sids"))
+        users: dict[str, str | None] = {}
         for sid in sids:
             value = await self._cmd("hget", CONNS, sid)
             await self._cmd("hdel", CONNS, sid)
             user = (value or "").partition(" ")[2]
+            users[sid] = user or None
             if user:
                 await self._cmd("hdel", f"relay:user:{user}", sid)
         rooms = await call(lambda pipe: pipe.smembers(f"relay:node:{dead}:rooms"))
-        for room in rooms:
+        left: dict[str, list[str]] = {sid: [] for sid in users}
+        vacated: list[tuple[str, str, str | None]] = []
+        for room in sorted(rooms):
             members = await self._cmd("hgetall", _key(room, "members"))
             for sid, value in members.items():
                 m = orjson.loads(value)
                 if m.get("node") != dead:
                     continue
-                await self._cmd("hdel", _key(room, "members"), sid)
+                if await self._remove_member(room, sid, m["user"], report=False):
+                    vacated.append((room, sid, m["user"]))
+                left.setdefault(sid, []).append(room)
+                users.setdefault(sid, m["user"])
                 packet = envelope.event_packet(
                     "presence",
                     {"room": room, "action": "leave", "member": {"sid": sid, "user": m["user"]}},
                 )
                 self._publish_event(room, packet, "-")  # (every node tells its members)
+        hooks = self.hooks
+        if hooks is not None:
+            for sid, its_rooms in left.items():
+                hooks.disconnected(Member(sid, users[sid]), its_rooms, _occupied)
+            for room, sid, user in vacated:
+                hooks.vacated(sid, user, room)
         keys = [f"relay:node:{dead}:sids", f"relay:node:{dead}:rooms"]
         await call(lambda pipe: pipe.delete(*keys))
         await call(lambda pipe: pipe.srem(NODES, dead))
@@ -755,6 +821,10 @@ class ClusterRelay(Relay):
                 "gap_filled": self.filled,
             },
         }
+
+
+def _occupied(room: str) -> bool:
+    return True  # (whether a room was vacated is the script's to say, and reported after)
 
 
 def _skip(value: str | None) -> str | None:

@@ -6,9 +6,48 @@ packet ``p`` and the time ``t`` in ms), ``relay:{room}:epoch`` and ``relay:{room
 (sid -> member JSON). A room's channel ``relay:{room}:ch`` carries its traffic as
 ``"<offset> <epoch> <node> <skip> <packet>"`` (offset 0 and epoch ``-``: a presence event,
 which has no place in the room's order; ``skip``: the sid excluded, or ``-``).
+
+Two keys index the rooms of the whole cluster (the only keys a room's scripts touch outside its
+hash slot: one Redis, or a primary with replicas, as the README says): ``relay:rooms``, a
+sorted set of the rooms with members (all scored 0, so it pages by name), and
+``relay:rooms:kept``, every room with members or history, scored with the time (Redis's, in
+ms) until which its history keeps it (:data:`OCCUPIED` while it has members): its size is what
+``RELAY_MAX_ROOMS`` bounds. A room's first member and its last are decided by the script that
+adds or removes it (:data:`JOIN`, :data:`ADD_MEMBER`, :data:`LEAVE`), so a cluster reports
+``room_occupied`` and ``room_vacated`` once.
 """
 
 from __future__ import annotations
+
+#: the score of a room with members in ``relay:rooms:kept`` (beyond any history's expiry)
+OCCUPIED = 9_000_000_000_000_000
+
+#: Lua the room scripts share: Redis's time, and the rooms kept (see the module's docstring).
+ROOMS_LUA = f"""
+local OCCUPIED = '{OCCUPIED}'
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function kept(key, room, now)
+  local score = redis.call('ZSCORE', key, room)
+  return score ~= false and tonumber(score) > now
+end
+local function full(key, now, most)
+  if most <= 0 then return false end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return redis.call('ZCARD', key) >= most
+end
+local function vacate(rooms, kept_key, log, room)
+  redis.call('ZREM', rooms, room)
+  local ttl = redis.call('PTTL', log)
+  if ttl > 0 then
+    redis.call('ZADD', kept_key, now_ms() + ttl, room)
+  else
+    redis.call('ZREM', kept_key, room)
+  end
+end
+"""
 
 #: KEYS seq, log, epoch; ARGV head, tail, new epoch, maxlen, log ttl ms, meta ttl ms, channel,
 #: ts, node, skip (the sid excluded, or '-'). The offset, the history entry and the fan-out
@@ -35,12 +74,25 @@ redis.call('PUBLISH', ARGV[7], head .. packet)
 return {seq, epoch}
 """
 
-#: KEYS seq, log, epoch, members; ARGV new epoch, meta ttl ms, since (-1: none), sid ('' for
-#: none), member JSON, most entries, the client's epoch ('' for none). Returns {last offset,
-#: epoch, first offset kept (0: none), members, entries after since, since as used}. The epoch
-#: is made here for a room that has none yet. A since ahead of the room, or from another
-#: epoch, reads the whole history (recovered false: relay.backends.cluster).
+#: KEYS seq, log, epoch, members, rooms, kept; ARGV new epoch, meta ttl ms, since (-1: none),
+#: sid ('' for none), member JSON, most entries, the client's epoch ('' for none), room, most
+#: rooms (0: no bound). Returns {last offset, epoch, first offset kept (0: none), members,
+#: entries after since, since as used, 1 if the member is the room's first else 0}, or {-1,
+#: rooms kept} when the room would be a new one past the most rooms. The epoch is made here
+#: for a room that has none yet. A since ahead of the room, or from another epoch, reads the
+#: whole history (recovered false: relay.backends.cluster).
 JOIN = """
+local first_member = 0
+if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[4], ARGV[4]) == 0
+    and redis.call('HLEN', KEYS[4]) == 0 then
+  local now = now_ms()
+  if not kept(KEYS[6], ARGV[8], now) and full(KEYS[6], now, tonumber(ARGV[9])) then
+    return {-1, redis.call('ZCARD', KEYS[6])}
+  end
+  first_member = 1
+  redis.call('ZADD', KEYS[5], 0, ARGV[8])
+  redis.call('ZADD', KEYS[6], OCCUPIED, ARGV[8])
+end
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
   epoch = ARGV[1]
@@ -58,7 +110,7 @@ if since > seq or (ARGV[7] ~= '' and ARGV[7] ~= epoch) then since = 0 end
 if since >= 0 then
   entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+', 'COUNT', ARGV[6])
 end
-return {seq, epoch, first, count, entries, since}
+return {seq, epoch, first, count, entries, since, first_member}
 """
 
 #: KEYS the user's hash (sid -> node); ARGV this node, packet. Publishes to every other node
@@ -93,3 +145,28 @@ if node == ARGV[2] then return 0 end
 if redis.call('PUBLISH', 'relay:node:' .. node, ARGV[1] .. ' ' .. ARGV[3]) > 0 then return 1 end
 return 0
 """
+
+#: KEYS members, rooms, kept, log; ARGV sid, room. Removes the member; returns 0 when it was
+#: not there, 1 when the room still has members, 2 when it was the last (the room is vacated:
+#: out of the rooms with members, kept while its history lives).
+LEAVE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HLEN', KEYS[1]) > 0 then return 1 end
+vacate(KEYS[2], KEYS[3], KEYS[4], ARGV[2])
+return 2
+"""
+
+#: KEYS members, rooms, kept; ARGV sid, member JSON, room. Adds the member without a join (a
+#: recovered connection); returns 1 when it is the room's first, else 0.
+ADD_MEMBER = """
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if added == 1 and redis.call('HLEN', KEYS[1]) == 1 then
+  redis.call('ZADD', KEYS[2], 0, ARGV[3])
+  redis.call('ZADD', KEYS[3], OCCUPIED, ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# (the scripts that call ROOMS_LUA's functions begin with it)
+JOIN, LEAVE, ADD_MEMBER = (ROOMS_LUA + source for source in (JOIN, LEAVE, ADD_MEMBER))
