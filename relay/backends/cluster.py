@@ -35,6 +35,11 @@ in :mod:`relay.backends.scripts`.
 - **Nodes** refresh a heartbeat key every third of ``RELAY_NODE_TIMEOUT``; a node that finds
   another's expired takes a lock (SET NX) and removes the dead node's connections and members,
   announcing their leaves once.
+- **Webhooks**: a connection's events (connect, join, leave, publish, disconnect) are reported
+  by the node that holds it, once; a room's ``room_occupied`` and ``room_vacated`` by the node
+  whose script in Redis added the room's first member or removed its last (JOIN, ADD_MEMBER,
+  LEAVE: :mod:`relay.backends.scripts`), so once for the cluster. A dead node's leaves and
+  disconnects, and the rooms they vacate, are reported by the node that reaps it.
 - **Faults**: see :mod:`relay.backends.redis`. While Redis is unavailable, ``/healthz`` is 503,
   publishes, joins and presence are ``unavailable``, and what needs no Redis (a direct to a
   connection on this node, leaving) still works. When it is back the node writes its state
