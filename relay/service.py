@@ -472,6 +472,11 @@ class Relay:
         """Each backend's state for ``/healthz``: ``"ok"``, or what is wrong."""
         return {"memory": "ok"}
 
+    def backend_metrics(self) -> list[tuple[str, str, str, float]]:
+        """The backend's own figures for ``/metrics``, as (``"gauge"`` or ``"counter"``, name,
+        help, value): the memory backend has none."""
+        return []
+
     # -- housekeeping --------------------------------------------------------------------------
 
     def sweep(self) -> int:

@@ -814,6 +814,26 @@ class ClusterRelay(Relay):
             self._maybe_unfollow(room)
         return dropped
 
+    def backend_metrics(self) -> list[tuple[str, str, str, float]]:
+        bus = self.bus
+        return [
+            ("gauge", "relay_redis_up", "1 while Redis answers (commands and subscriptions)",
+             int(bus.healthy)),
+            ("counter", "relay_redis_reconnects", "Times the Redis connection came back",
+             bus.reconnects),
+            ("gauge", "relay_redis_queued", "Redis calls and state writes waiting to be sent",
+             bus.queued),
+            ("gauge", "relay_redis_rooms_followed", "Rooms whose channel this node follows",
+             len(self.feeds)),
+            ("counter", "relay_redis_gap_filled",
+             "Messages delivered from a room's stream (a gap), not from its channel",
+             self.filled),
+            ("counter", "relay_redis_nodes_reaped", "Dead nodes this node removed",
+             self.reaped),
+            ("counter", "relay_redis_heartbeats", "Heartbeats sent (each a look for dead nodes)",
+             self.heartbeats),
+        ]  # fmt: skip
+
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),

@@ -156,6 +156,11 @@ class Bus:
     def healthy(self) -> bool:
         return self.problem is None and self._commands_ok
 
+    @property
+    def queued(self) -> int:
+        """Calls and state writes waiting for the writer."""
+        return self._queue.qsize()
+
     def state(self) -> str:
         if self.problem is not None:
             return f"unavailable: {self.problem} ({self.where})"
