@@ -14,8 +14,13 @@ queue is backed up it takes the next batch at once. There is exactly one request
 the receiver sees batches in order. A batch is retried with capped, jittered exponential
 backoff after a timeout, a connection error, a 429 (its ``Retry-After`` honoured up to the cap)
 or a 5xx, until ``RELAY_WEBHOOK_RETRY_FOR`` has passed since its first attempt; then its events
-are dropped and counted. Any other answer outside 2xx drops the batch at once. Each attempt is
-signed afresh (its own ``X-Relay-Timestamp``), so a receiver's 5-minute window holds for retries.
+are dropped and counted. Any other answer outside 2xx drops the batch at once. The status is
+the answer: of the body, at most :data:`ANSWER_MAX` bytes are read (so the connection can
+serve the next request), and a longer body, or one still arriving when the request's
+``RELAY_WEBHOOK_TIMEOUT`` is up, closes the connection instead; a receiver that answers
+gigabytes, or dribbles forever, costs neither memory nor the in-flight slot past the timeout.
+Each attempt is signed afresh (its own ``X-Relay-Timestamp``), so a receiver's 5-minute window
+holds for retries.
 
 ``room_occupied`` and ``room_vacated`` follow the ``join`` of a room's first member and the
 ``leave`` of its last. One process knows both when it notes the join or leave; in a cluster
@@ -62,6 +67,8 @@ BACKOFF_CAP_S = 10.0
 LOG_EVERY_S = 10.0
 #: event names whose pattern match is remembered (past it the cache starts over)
 MATCH_CACHE_SIZE = 1024
+#: bytes of a receiver's answer read at most (past it the connection is closed, not drained)
+ANSWER_MAX = 64 * 1024
 
 #: (name, ts, sid, user, room) or, for publish, (name, ts, sid, user, room, event, offset)
 Event = tuple[Any, ...]
@@ -341,9 +348,9 @@ class Webhooks:
             async with self._session.post(
                 self.url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                await response.read()
                 status = response.status
                 after = response.headers.get("Retry-After")
+                await _skim(response)
         except TimeoutError:
             return False, 0.0, f"no answer within {self._settings.webhook_timeout:g} s"
         except aiohttp.ClientError as exc:
@@ -370,6 +377,24 @@ class Webhooks:
             **self.stats,
             "dropped": dict(self.dropped),
         }
+
+
+async def _skim(response: aiohttp.ClientResponse) -> None:
+    """Read the rest of an answer whose status is known: up to :data:`ANSWER_MAX` bytes, and
+    within the request's timeout; past either, close the connection (never read to the end)."""
+    import aiohttp
+
+    content = response.content
+    read = 0
+    try:
+        while read <= ANSWER_MAX:
+            chunk = await content.readany()
+            if not chunk:
+                return  # (the whole body: the connection may serve the next request)
+            read += len(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # (the status stands: the body was never the answer)
+    response.close()
 
 
 __all__ = ["Webhooks", "check_signature", "event_dict", "sign"]
