@@ -216,6 +216,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await sio.disconnect(sid)
 
     api.end_connection = end_connection
+    relay.end_connection = end_connection  # (a cluster node ends its own for the others)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

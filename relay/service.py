@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -81,6 +81,9 @@ class Relay:
         self._expiring: list[tuple[float, str]] = []
         #: where connection and membership events are reported (relay.webhooks), if anywhere
         self.hooks: Webhooks | None = None
+        #: ends one connection of this process (its client sees a server disconnect); the app
+        #: sets it
+        self.end_connection: Callable[[str], Awaitable[None]] | None = None
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -342,6 +345,12 @@ class Relay:
             "rooms": [{"room": room, "members": count} for room, count in page],
             "next": page[-1][0] if more else None,
         }
+
+    def end(self, sid: str) -> None:
+        """Check that ``sid`` may be ended (NotFound when it is not connected); the caller then
+        ends it (:attr:`end_connection`). A backend whose connection lives in another process
+        ends it there instead, and raises Deferred (relay.deferred)."""
+        self.member(sid)
 
     def connection(self, sid: str) -> dict[str, Any]:
         """What the HTTP API tells of one connection, or NotFound."""

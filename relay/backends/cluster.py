@@ -35,6 +35,13 @@ in :mod:`relay.backends.scripts`.
 - **Nodes** refresh a heartbeat key every third of ``RELAY_NODE_TIMEOUT``; a node that finds
   another's expired takes a lock (SET NX) and removes the dead node's connections and members,
   announcing their leaves once.
+- **The HTTP API** answers for the cluster: ``GET /api/v1/rooms`` pages ``relay:rooms`` (the
+  rooms with members, kept by the scripts that add and remove members) and counts each page's
+  members in one script; a connection held by another node is asked about, or ended, on that
+  node's channel (``?<n> <node> get|end <sid>``), and the answer comes back on the asker's
+  (``!<n> <json>``) once it is done; a node that does not answer within
+  :data:`ASK_TIMEOUT_S` is ``unavailable``, one that is gone (nobody hears the question) holds
+  no connection.
 - **Webhooks**: a connection's events (connect, join, leave, publish, disconnect) are reported
   by the node that holds it, once; a room's ``room_occupied`` and ``room_vacated`` by the node
   whose script in Redis added the room's first member or removed its last (JOIN, ADD_MEMBER,
@@ -49,9 +56,10 @@ in :mod:`relay.backends.scripts`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +70,7 @@ from relay.auth import Identity
 from relay.backends import scripts
 from relay.backends.redis import CALL_TIMEOUT_S, Bus, connect, describe
 from relay.deferred import Deferred
-from relay.errors import BadRequest, RateLimited, RelayError, Unavailable
+from relay.errors import BadRequest, NotFound, RateLimited, RelayError, Unavailable
 from relay.rooms import Member
 from relay.service import Relay, Sender
 from relay.settings import Settings
@@ -77,6 +85,8 @@ META_TTL_MS = 24 * 3600 * 1000
 PENDING_MAX = 4096
 #: seconds start-up waits for Redis before it says ready anyway (unhealthy until Redis answers)
 START_WAIT_S = 5.0
+#: seconds a question to the node holding a connection (the HTTP API's) waits for its answer
+ASK_TIMEOUT_S = 5.0
 CONNS = "relay:conns"
 NODES = "relay:nodes"
 #: the rooms with members, and the rooms kept (members or history): relay.backends.scripts
@@ -126,6 +136,10 @@ class ClusterRelay(Relay):
         self._direct_sid_script = self.bus.script(scripts.DIRECT_SID)
         self._leave_script = self.bus.script(scripts.LEAVE)
         self._add_member_script = self.bus.script(scripts.ADD_MEMBER)
+        self._counts_script = self.bus.script(scripts.COUNTS)
+        #: questions asked to other nodes (see _ask), by number
+        self._asked: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._asks = itertools.count(1)
         self.feeds: dict[str, Feed] = {}
         #: (sid, room) -> the join of it under way
         self._joins: dict[tuple[str, str], asyncio.Task[Any]] = {}
@@ -270,11 +284,12 @@ class ClusterRelay(Relay):
 
     def _write_member(self, room: str, member: Member) -> None:
         keys = [_key(room, "members"), ROOMS, KEPT]
-        job = self._add_member_script.run(keys, [member.sid, self._member_json(member), room])
-        self._membership_task(self._added(room, member, job))
+        args = [member.sid, self._member_json(member), room]
+        reply = self.bus.ask(self._add_member_script.run(keys, args))
+        self._membership_task(self._added(room, member, reply))
 
-    async def _added(self, room: str, member: Member, job: Any) -> None:
-        if int(await self.bus.call(job)) and self.hooks is not None:
+    async def _added(self, room: str, member: Member, reply: Awaitable[Any]) -> None:
+        if int(await reply) and self.hooks is not None:
             self.hooks.occupied(member.sid, member.user, room)
 
     def _membership_task(self, job: Coroutine[Any, Any, Any]) -> None:
@@ -286,16 +301,26 @@ class ClusterRelay(Relay):
         return orjson.dumps({"sid": member.sid, "user": member.user, "node": self.node}).decode()
 
     def _left(self, room: str, member: Member) -> None:
-        self._membership_task(self._remove_member(room, member.sid, member.user))
+        # (queued now: before anything a node does once it hears of the leave)
+        reply = self._remove_member(room, member.sid, member.user)
+        self._membership_task(reply)
         self._maybe_unfollow(room)
 
-    async def _remove_member(
+    def _remove_member(
         self, room: str, sid: str, user: str | None, report: bool = True
-    ) -> bool:
-        """Remove ``sid`` from the room's members in Redis; when it was the last one, the room
-        is vacated (reported once: only the script that emptied it says so)."""
+    ) -> Coroutine[Any, Any, bool]:
+        """Remove ``sid`` from the room's members in Redis (queued at once); when it was the
+        last one, the room is vacated (reported once: only the script that emptied it says
+        so). Await the result: whether it was vacated."""
         keys = [_key(room, "members"), ROOMS, KEPT, _key(room, "log")]
-        vacated = int(await self.bus.call(self._leave_script.run(keys, [sid, room]))) == 2
+        return self._vacated(
+            self.bus.ask(self._leave_script.run(keys, [sid, room])), room, sid, user, report
+        )
+
+    async def _vacated(
+        self, reply: Awaitable[Any], room: str, sid: str, user: str | None, report: bool
+    ) -> bool:
+        vacated = int(await reply) == 2
         if vacated and report and self.hooks is not None:
             self.hooks.vacated(sid, user, room)
         return vacated
@@ -694,11 +719,98 @@ class ClusterRelay(Relay):
         return {"ok": True, "id": message.id, "delivered": local + remote}
 
     def _on_direct(self, data: str) -> None:
+        if data[0] in "?!":  # (no sid starts so: a question from another node, or an answer)
+            self._on_question(data)
+            return
         sids, _, packet = data.partition(" ")
         registry, transport = self.registry, self.transport
         for sid in sids.split(","):
             if registry.get(sid) is not None:
                 transport.send(sid, packet)
+
+    # -- the HTTP API across nodes: rooms, and connections held by other nodes -----------------
+
+    def rooms_page(self, after: str | None, limit: int) -> dict[str, Any]:
+        self._need_redis()
+        raise self._later(self._rooms_page(after, limit))
+
+    async def _rooms_page(self, after: str | None, limit: int) -> dict[str, Any]:
+        low = "-" if after is None else "(" + after
+        found = await self._cmd("zrangebylex", ROOMS, low, "+", start=0, num=limit + 1)
+        more = len(found) > limit
+        found = found[:limit]
+        counts = []
+        if found:
+            keys = [_key(room, "members") for room in found]
+            counts = await self.bus.call(self._counts_script.run(keys, []))
+        return {
+            # (a room vacated between the two reads is left out; the page still ends with it)
+            "rooms": [{"room": r, "members": n} for r, n in zip(found, counts, strict=True) if n],
+            "next": found[-1] if more else None,
+        }
+
+    def connection(self, sid: str) -> dict[str, Any]:
+        if self.registry.get(sid) is not None:
+            return super().connection(sid)
+        self._need_redis()
+        raise self._later(self._ask(sid, "get"))
+
+    def end(self, sid: str) -> None:
+        if self.registry.get(sid) is not None:
+            return  # (the caller ends it here)
+        self._need_redis()
+        raise self._later(self._ask(sid, "end"))
+
+    async def _ask(self, sid: str, what: str) -> dict[str, Any]:
+        """Ask the node holding ``sid`` (``relay:conns``) about it on its channel: ``get`` its
+        details, or ``end`` it; the answer comes on this node's channel once it is done."""
+        value = await self._cmd("hget", CONNS, sid)
+        node = (value or "").partition(" ")[0]
+        if not node or node == self.node:  # (this node's: gone since it was looked for)
+            raise NotFound(f"connection {sid!r} is not connected")
+        number = str(next(self._asks))
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asked[number] = answer
+        try:
+            question = f"?{number} {self.node} {what} {sid}"
+            if not await self._cmd("publish", f"relay:node:{node}", question):
+                raise NotFound(f"connection {sid!r} is not connected (its node is gone)")
+            async with asyncio.timeout(ASK_TIMEOUT_S):
+                body = await answer
+        except TimeoutError:
+            raise Unavailable(
+                f"the node holding connection {sid!r} did not answer within {ASK_TIMEOUT_S:g} s"
+            ) from None
+        finally:
+            del self._asked[number]
+        if "error" in body:
+            raise NotFound(body["error"]["message"])
+        return body
+
+    def _on_question(self, data: str) -> None:
+        if data[0] == "!":
+            number, _, body = data[1:].partition(" ")
+            answer = self._asked.get(number)
+            if answer is not None and not answer.done():
+                answer.set_result(orjson.loads(body))
+            return
+        number, node, what, sid = data[1:].split(" ", 3)
+        self.spawn(self._answer(number, node, what, sid))
+
+    async def _answer(self, number: str, node: str, what: str, sid: str) -> None:
+        body: dict[str, Any]
+        try:
+            if what == "end":
+                Relay.end(self, sid)
+                if self.end_connection is not None:
+                    await self.end_connection(sid)
+                body = {"ok": True, "sid": sid}
+            else:
+                body = Relay.connection(self, sid)
+        except NotFound as exc:
+            body = {"error": exc.to_dict()}
+        text = f"!{number} {orjson.dumps(body).decode()}"
+        await self._cmd("publish", f"relay:node:{node}", text)
 
     # -- Redis (re)connected, heartbeats, dead nodes --------------------------------------------
 

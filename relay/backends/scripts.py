@@ -168,5 +168,12 @@ end
 return 0
 """
 
+#: KEYS rooms' members hashes. Returns how many members each has (one page of GET /api/v1/rooms).
+COUNTS = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HLEN', key) end
+return out
+"""
+
 # (the scripts that call ROOMS_LUA's functions begin with it)
 JOIN, LEAVE, ADD_MEMBER = (ROOMS_LUA + source for source in (JOIN, LEAVE, ADD_MEMBER))
