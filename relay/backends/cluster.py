@@ -23,6 +23,10 @@ in :mod:`relay.backends.scripts`.
   live is the one after the replay's last.
 - **Epochs**: a room's epoch is made (a random string) when it first gets a member or a
   message, and lives as long as its offsets: a Redis that lost its data makes new ones.
+- **Limits**: ``RELAY_MAX_ROOMS`` and ``RELAY_HISTORY_MAX_BYTES`` hold for the cluster: the
+  publish and join scripts count the rooms kept and the bytes of history in Redis, refuse a
+  new room past the first (``unavailable``) and trim the biggest room past the second
+  (:mod:`relay.backends.scripts`).
 - **History age** (``RELAY_HISTORY_TTL``): entries carry their time and are filtered on read;
   the stream itself expires when its room has been quiet that long (its offset and epoch live a
   day, so a quiet room keeps counting where it was).
@@ -92,6 +96,9 @@ NODES = "relay:nodes"
 #: the rooms with members, and the rooms kept (members or history): relay.backends.scripts
 ROOMS = "relay:rooms"
 KEPT = "relay:rooms:kept"
+#: bytes of history by room, and their total (RELAY_HISTORY_MAX_BYTES)
+HISTORY_BYTES = "relay:history:bytes"
+HISTORY_TOTAL = "relay:history:total"
 
 
 def _key(room: str, what: str) -> str:
@@ -312,7 +319,7 @@ class ClusterRelay(Relay):
         """Remove ``sid`` from the room's members in Redis (queued at once); when it was the
         last one, the room is vacated (reported once: only the script that emptied it says
         so). Await the result: whether it was vacated."""
-        keys = [_key(room, "members"), ROOMS, KEPT, _key(room, "log")]
+        keys = [_key(room, "members"), ROOMS, KEPT, _key(room, "log"), HISTORY_BYTES, HISTORY_TOTAL]
         return self._vacated(
             self.bus.ask(self._leave_script.run(keys, [sid, room])), room, sid, user, report
         )
@@ -357,7 +364,7 @@ class ClusterRelay(Relay):
         self, room: str, since: int, member: Member | None, epoch: str | None
     ) -> list[Any]:
         keys = [_key(room, "seq"), _key(room, "log"), _key(room, "epoch"), _key(room, "members")]
-        keys += [ROOMS, KEPT]
+        keys += [ROOMS, KEPT, HISTORY_BYTES, HISTORY_TOTAL]
         args = [
             secrets.token_urlsafe(9),
             META_TTL_MS,
@@ -371,12 +378,15 @@ class ClusterRelay(Relay):
         ]
         reply: list[Any] = await self.bus.call(self._join_script.run(keys, args))
         if int(reply[0]) < 0:
-            limit = self.settings.max_rooms
-            raise Unavailable(
-                f"the cluster holds {reply[1]} rooms, its limit (RELAY_MAX_ROOMS={limit}):"
-                f" no new room can be made until some are forgotten"
-            )
+            raise self._too_many_rooms(reply[1])
         return reply
+
+    def _too_many_rooms(self, held: Any) -> Unavailable:
+        limit = self.settings.max_rooms
+        return Unavailable(
+            f"the cluster holds {held} rooms, its limit (RELAY_MAX_ROOMS={limit}):"
+            f" no new room can be made until some are forgotten"
+        )
 
     async def _join(
         self,
@@ -563,6 +573,7 @@ class ClusterRelay(Relay):
         assert room is not None
         settings = self.settings
         keys = [_key(room, "seq"), _key(room, "log"), _key(room, "epoch")]
+        keys += [KEPT, HISTORY_BYTES, HISTORY_TOTAL]
         args = [
             head,
             tail,
@@ -574,8 +585,13 @@ class ClusterRelay(Relay):
             message.ts,
             self.node,
             skip,
+            room,
+            settings.max_rooms,
+            settings.history_max_bytes,
         ]
         reply = await self.bus.call(self._publish_script.run(keys, args))
+        if int(reply[0]) < 0:
+            raise self._too_many_rooms(reply[1])
         self.stats["published"] += 1
         return {"ok": True, "id": message.id, "offset": int(reply[0])}
 
