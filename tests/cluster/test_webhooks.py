@@ -119,6 +119,17 @@ async def test_each_event_is_reported_once_by_one_node_and_rooms_once_cluster_wi
             ("room_vacated", carol_sid, alone)
         )
 
+        # a node shut down (SIGTERM) reports its last leaves, and the rooms they vacate,
+        # before it exits
+        last = unique()
+        alice_sid = alice.sid
+        await alice.ok("join", {"room": last})
+        await wait_until(lambda: seen("room_occupied", last) != [], "last occupied")
+        assert a.stop() == 0
+        assert seen("leave", last) == [(alice_sid, last)]
+        assert seen("room_vacated", last) == [(alice_sid, last)]
+        assert (alice_sid, None) in seen("disconnect")
+
 
 async def wait_until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
