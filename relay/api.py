@@ -241,9 +241,13 @@ class Api:
 
     async def disconnect(self, request: Request) -> Response:
         sid = names.sid(request.path_params["sid"], "sid")
-        self.relay.member(sid)  # NotFound when it is not connected
-        if self.end_connection is not None:
-            await self.end_connection(sid)
+        try:
+            self.relay.end(sid)  # NotFound when it is not connected
+        except Deferred as later:  # ended where it is connected (relay.core.deferred)
+            await later.task
+        else:
+            if self.end_connection is not None:
+                await self.end_connection(sid)
         return json_response({"ok": True, "sid": sid})
 
     async def batch(self, request: Request) -> Response:

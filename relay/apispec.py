@@ -299,7 +299,7 @@ OPERATIONS: tuple[Operation, ...] = (
         params=(("user", "user"),),
         body=EVENT_BODY,
         answer=SENT,
-        errors=(413,),
+        errors=(413, 503),
     ),
     Operation(
         "POST",
@@ -309,7 +309,7 @@ OPERATIONS: tuple[Operation, ...] = (
         params=(("sid", "sid"),),
         body=EVENT_BODY,
         answer=SENT,
-        errors=(413,),
+        errors=(413, 503),
     ),
     Operation(
         "POST",
@@ -340,6 +340,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 },
             }
         ),
+        errors=(503,),
     ),
     Operation(
         "GET",
@@ -350,6 +351,7 @@ OPERATIONS: tuple[Operation, ...] = (
         answer=_object(
             {"room": {"type": "string"}, "members": {"type": "array", "items": _MEMBER}}
         ),
+        errors=(503,),
     ),
     Operation(
         "GET",
@@ -369,6 +371,7 @@ OPERATIONS: tuple[Operation, ...] = (
             },
             ["room", "messages"],
         ),
+        errors=(503,),
     ),
     Operation(
         "GET",
@@ -385,7 +388,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 "transport": {"type": "string", "enum": ["websocket", "polling"]},
             }
         ),
-        errors=(404,),
+        errors=(404, 503),
     ),
     Operation(
         "DELETE",
@@ -395,7 +398,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "reconnect on its own)",
         params=(("sid", "sid"),),
         answer=_object({"ok": {"type": "boolean"}, "sid": {"type": "string"}}),
-        errors=(404,),
+        errors=(404, 503),
     ),
 )
 

@@ -225,6 +225,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await sio.disconnect(sid)
 
     api.end_connection = end_connection
+    relay.end_connection = end_connection  # (a cluster node ends its own for the others)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -264,11 +265,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await asyncio.wait(tasks, timeout=5)
             await drain(sio)
             await sio.shutdown()
+            # (before webhooks close: a cluster node's last leaves may vacate rooms, which
+            # Redis tells it)
+            await relay.stop()
             if hooks is not None:  # (after the drain: its disconnects are reported too)
                 await hooks.close(settings.shutdown_timeout)
             if hook is not None:
                 await hook.close()
-            await relay.stop()
 
     sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
     routes = [

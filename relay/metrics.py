@@ -1,7 +1,8 @@
 """``GET /metrics``: Prometheus text, read from the counters relay already keeps.
 
 Nothing is counted for Prometheus on the socket path: at each scrape a collector reads the
-core's ``stats``, the edge's and the API's refusals, the webhook queue's counters, and walks
+core's ``stats``, the edge's and the API's refusals, the webhook queue's counters, the
+backend's own (a cluster node's Redis state: ``relay_redis_*``), and walks
 the Engine.IO sessions once to tell websockets from long-polls. A scrape costs one pass over
 the connections; a message costs nothing more than it did.
 
@@ -132,6 +133,9 @@ class RelayCollector(Collector):
             "Connections dropped for not reading (send buffer over RELAY_MAX_BUFFER)",
             value=flusher.slow_dropped,
         )
+        for kind, name, text, number in relay.backend_metrics():  # (a cluster's Redis state)
+            family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            yield family(name, text, value=number)
         if self.connect_hook is not None:
             yield from self._connect_hook(self.connect_hook)
         hooks = self.hooks

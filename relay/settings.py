@@ -183,10 +183,11 @@ class Settings:
     node_timeout: float = 15.0
     # -- limits: what one client may make the server hold or do (0 turns a cap or a rate off) --
     #: bytes of history kept across all rooms; past it the biggest room's oldest messages go
+    #: (cluster mode: every node's rooms, in Redis: relay.backends.scripts)
     history_max_bytes: int = 64 * 1024 * 1024
     #: bytes kept for every dropped connection awaiting recovery together
     recovery_max_bytes: int = 64 * 1024 * 1024
-    #: rooms the server keeps (with members or with history)
+    #: rooms the server keeps (with members or with history; cluster mode: the cluster's)
     max_rooms: int = 50_000
     #: rooms one connection may be in at once
     max_rooms_per_connection: int = 100

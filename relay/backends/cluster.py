@@ -23,6 +23,10 @@ in :mod:`relay.backends.scripts`.
   live is the one after the replay's last.
 - **Epochs**: a room's epoch is made (a random string) when it first gets a member or a
   message, and lives as long as its offsets: a Redis that lost its data makes new ones.
+- **Limits**: ``RELAY_MAX_ROOMS`` and ``RELAY_HISTORY_MAX_BYTES`` hold for the cluster: the
+  publish and join scripts count the rooms kept and the bytes of history in Redis, refuse a
+  new room past the first (``unavailable``) and trim the biggest room past the second
+  (:mod:`relay.backends.scripts`).
 - **History age** (``RELAY_HISTORY_TTL``): entries carry their time and are filtered on read;
   the stream itself expires when its room has been quiet that long (its offset and epoch live a
   day, so a quiet room keeps counting where it was).
@@ -40,6 +44,18 @@ in :mod:`relay.backends.scripts`.
   handed over through Redis, and a node stopped with SIGTERM saves every session there first
   (:mod:`relay.backends.handover`). A killed node's sessions are lost: its clients rejoin with
   ``since``.
+- **The HTTP API** answers for the cluster: ``GET /api/v1/rooms`` pages ``relay:rooms`` (the
+  rooms with members, kept by the scripts that add and remove members) and counts each page's
+  members in one script; a connection held by another node is asked about, or ended, on that
+  node's channel (``?<n> <node> get|end <sid>``), and the answer comes back on the asker's
+  (``!<n> <json>``) once it is done; a node that does not answer within
+  :data:`ASK_TIMEOUT_S` is ``unavailable``, one that is gone (nobody hears the question) holds
+  no connection.
+- **Webhooks**: a connection's events (connect, join, leave, publish, disconnect) are reported
+  by the node that holds it, once; a room's ``room_occupied`` and ``room_vacated`` by the node
+  whose script in Redis added the room's first member or removed its last (JOIN, ADD_MEMBER,
+  LEAVE: :mod:`relay.backends.scripts`), so once for the cluster. A dead node's leaves and
+  disconnects, and the rooms they vacate, are reported by the node that reaps it.
 - **Faults**: see :mod:`relay.backends.redis`. While Redis is unavailable, ``/healthz`` is 503,
   publishes, joins and presence are ``unavailable``, and what needs no Redis (a direct to a
   connection on this node, leaving) still works. When it is back the node writes its state
@@ -49,9 +65,10 @@ in :mod:`relay.backends.scripts`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,14 +76,15 @@ import orjson
 
 from relay.backends import scripts
 from relay.backends.handover import HELD, Handover, is_pid
-from relay.backends.redis import Bus, connect, describe
+from relay.backends.redis import CALL_TIMEOUT_S, Bus, connect, describe
 from relay.core import envelope
 from relay.core.auth import Identity
 from relay.core.deferred import Deferred
 from relay.core.recovery import Session
 from relay.core.rooms import Member
 from relay.core.service import Relay, Sender
-from relay.errors import BadRequest, RateLimited, RelayError, Unavailable
+from relay.core.webhooks import Webhooks
+from relay.errors import BadRequest, NotFound, RateLimited, RelayError, Unavailable
 from relay.settings import Settings
 from relay.wire.transport import Transport
 
@@ -80,8 +98,16 @@ PENDING_MAX = 4096
 START_WAIT_S = 5.0
 #: seconds a shutdown waits for in-flight work (publishes, joins) before cancelling it
 STOP_WAIT_S = 2.0
+#: seconds a question to the node holding a connection (the HTTP API's) waits for its answer
+ASK_TIMEOUT_S = 5.0
 CONNS = "relay:conns"
 NODES = "relay:nodes"
+#: the rooms with members, and the rooms kept (members or history): relay.backends.scripts
+ROOMS = "relay:rooms"
+KEPT = "relay:rooms:kept"
+#: bytes of history by room, and their total (RELAY_HISTORY_MAX_BYTES)
+HISTORY_BYTES = "relay:history:bytes"
+HISTORY_TOTAL = "relay:history:total"
 
 
 def _key(room: str, what: str) -> str:
@@ -126,10 +152,18 @@ class ClusterRelay(Relay):
         self._direct_user_script = self.bus.script(scripts.DIRECT_USER)
         self._direct_sid_script = self.bus.script(scripts.DIRECT_SID)
         self._presence_script = self.bus.script(scripts.PRESENCE)
+        self._leave_script = self.bus.script(scripts.LEAVE)
+        self._add_member_script = self.bus.script(scripts.ADD_MEMBER)
+        self._counts_script = self.bus.script(scripts.COUNTS)
+        #: questions asked to other nodes (see _ask), by number
+        self._asked: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._asks = itertools.count(1)
         self.feeds: dict[str, Feed] = {}
         #: (sid, room) -> the join of it under way
         self._joins: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: members being removed from (or added to) Redis: shutdown waits for them
+        self._membership: set[asyncio.Task[Any]] = set()
         self.reaped = 0
         #: messages a feed delivered from the stream (gaps), not from the channel
         self.filled = 0
@@ -157,7 +191,8 @@ class ClusterRelay(Relay):
 
     async def stop(self) -> None:
         """Shut down (after the server closed every connection, whose leaves are queued):
-        finish in-flight publishes and joins (a while), save every session waiting for
+        finish in-flight publishes and joins (a while) and the last leaves (each may vacate a
+        room, reported to webhooks), save every session waiting for
         recovery in Redis (relay.backends.handover), send what is queued, then take this node
         out of the cluster, so nobody reaps it."""
         if self._beat is not None:
@@ -165,6 +200,8 @@ class ClusterRelay(Relay):
         busy = [task for task in self._tasks if task is not self._beat]
         if busy:
             await asyncio.wait(busy, timeout=min(STOP_WAIT_S, self.settings.shutdown_timeout / 4))
+        if self._membership:  # (the leaves: each may vacate a room, reported to webhooks)
+            await asyncio.wait(self._membership, timeout=CALL_TIMEOUT_S)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -242,7 +279,7 @@ class ClusterRelay(Relay):
             if user is not None:
                 bus.send(lambda pipe: pipe.hdel(f"relay:user:{user}", sid))
         for room in rooms:
-            self._left(room, sid)
+            self._left(room, member)
 
     async def fetch_session(self, pid: Any, identity: Identity) -> Session | None:
         if not is_pid(pid) or not self.recovery.enabled or not self.bus.reachable:
@@ -329,15 +366,51 @@ class ClusterRelay(Relay):
         self.bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:rooms", room))
 
     def _write_member(self, room: str, member: Member) -> None:
-        value = self._member_json(member)
-        self.bus.send(lambda pipe: pipe.hset(_key(room, "members"), member.sid, value))
+        keys = [_key(room, "members"), ROOMS, KEPT]
+        args = [member.sid, self._member_json(member), room]
+        reply = self.bus.ask(self._add_member_script.run(keys, args))
+        self._membership_task(self._added(room, member, reply))
+
+    async def _added(self, room: str, member: Member, reply: Awaitable[Any]) -> None:
+        if int(await reply) and self.hooks is not None:
+            self.hooks.occupied(member.sid, member.user, room)
+
+    def _membership_task(self, job: Coroutine[Any, Any, Any]) -> None:
+        task = self.spawn(job)
+        self._membership.add(task)
+        task.add_done_callback(self._membership.discard)
 
     def _member_json(self, member: Member) -> str:
         return orjson.dumps({"sid": member.sid, "user": member.user, "node": self.node}).decode()
 
-    def _left(self, room: str, sid: str) -> None:
-        self.bus.send(lambda pipe: pipe.hdel(_key(room, "members"), sid))
+    def _left(self, room: str, member: Member) -> None:
+        # (queued now: before anything a node does once it hears of the leave)
+        reply = self._remove_member(room, member.sid, member.user)
+        self._membership_task(reply)
         self._maybe_unfollow(room)
+
+    def _remove_member(
+        self, room: str, sid: str, user: str | None, report: bool = True
+    ) -> Coroutine[Any, Any, bool]:
+        """Remove ``sid`` from the room's members in Redis (queued at once); when it was the
+        last one, the room is vacated (reported once: only the script that emptied it says
+        so). Await the result: whether it was vacated."""
+        keys = [_key(room, "members"), ROOMS, KEPT, _key(room, "log"), HISTORY_BYTES, HISTORY_TOTAL]
+        return self._vacated(
+            self.bus.ask(self._leave_script.run(keys, [sid, room])), room, sid, user, report
+        )
+
+    async def _vacated(
+        self, reply: Awaitable[Any], room: str, sid: str, user: str | None, report: bool
+    ) -> bool:
+        vacated = int(await reply) == 2
+        if vacated and report and self.hooks is not None:
+            self.hooks.vacated(sid, user, room)
+        return vacated
+
+    def report_to(self, hooks: Webhooks) -> None:
+        super().report_to(hooks)
+        hooks.rooms_here = False  # (occupied and vacated are Redis's to say: see _join, _left)
 
     def join(
         self, sid: str, room: str, since: int | None, epoch: str | None = None
@@ -367,6 +440,7 @@ class ClusterRelay(Relay):
         self, room: str, since: int, member: Member | None, epoch: str | None
     ) -> list[Any]:
         keys = [_key(room, "seq"), _key(room, "log"), _key(room, "epoch"), _key(room, "members")]
+        keys += [ROOMS, KEPT, HISTORY_BYTES, HISTORY_TOTAL]
         args = [
             secrets.token_urlsafe(9),
             META_TTL_MS,
@@ -375,9 +449,20 @@ class ClusterRelay(Relay):
             self._member_json(member) if member is not None else "",
             max(1, self.settings.history_size),
             epoch or "",
+            room,
+            self.settings.max_rooms,
         ]
         reply: list[Any] = await self.bus.call(self._join_script.run(keys, args))
+        if int(reply[0]) < 0:
+            raise self._too_many_rooms(reply[1])
         return reply
+
+    def _too_many_rooms(self, held: Any) -> Unavailable:
+        limit = self.settings.max_rooms
+        return Unavailable(
+            f"the cluster holds {held} rooms, its limit (RELAY_MAX_ROOMS={limit}):"
+            f" no new room can be made until some are forgotten"
+        )
 
     async def _join(
         self,
@@ -402,7 +487,7 @@ class ClusterRelay(Relay):
             asked = -1 if since is None or already else since
             reply = await self._call_join(room, asked, member, epoch)
             seq, current, first, count = int(reply[0]), reply[1], int(reply[2]), int(reply[3])
-            used = int(reply[5])
+            used, occupies = int(reply[5]), bool(reply[6])
             self._anchor(feed, seq, current)
             cutoff = envelope.now_ms() - int(self.settings.history_ttl * 1000)
             replay: list[tuple[int, str, str | None]] = []
@@ -426,7 +511,8 @@ class ClusterRelay(Relay):
                     replay.extend(await self._read(room, upto, target))
                     upto = target
             if self.registry.get(sid) is not member:
-                self.bus.send(lambda pipe: pipe.hdel(_key(room, "members"), sid))
+                if not already:
+                    await self._remove_member(room, sid, member.user, report=False)
                 raise BadRequest("the connection closed while joining")
             ack: dict[str, Any] = {"ok": True, "room": room}
             if not already and since is not None and (not recovering or used == since):
@@ -441,6 +527,10 @@ class ClusterRelay(Relay):
                     ack["recovered"] = since >= seq
             if self.registry.join(sid, room):
                 self._announce(room, "join", member)
+                if self.hooks is not None:
+                    self.hooks.joined(member, room, False)
+                    if occupies:
+                        self.hooks.occupied(sid, member.user, room)
             ack["offset"] = max(upto, feed.last) if feed.epoch == current else seq
             ack["epoch"] = current
             ack["members"] = count
@@ -457,7 +547,7 @@ class ClusterRelay(Relay):
         was_in = room in member.rooms
         ack = super().leave(sid, room)
         if was_in:
-            self._left(room, sid)
+            self._left(room, member)
         return ack
 
     async def _leave_after(self, joining: asyncio.Task[Any], sid: str, room: str) -> dict[str, Any]:
@@ -565,6 +655,7 @@ class ClusterRelay(Relay):
         assert room is not None
         settings = self.settings
         keys = [_key(room, "seq"), _key(room, "log"), _key(room, "epoch")]
+        keys += [KEPT, HISTORY_BYTES, HISTORY_TOTAL]
         args = [
             head,
             tail,
@@ -576,8 +667,13 @@ class ClusterRelay(Relay):
             message.ts,
             self.node,
             skip,
+            room,
+            settings.max_rooms,
+            settings.history_max_bytes,
         ]
         reply = await self.bus.call(self._publish_script.run(keys, args))
+        if int(reply[0]) < 0:
+            raise self._too_many_rooms(reply[1])
         self.stats["published"] += 1
         return {"ok": True, "id": message.id, "offset": int(reply[0])}
 
@@ -728,6 +824,9 @@ class ClusterRelay(Relay):
         return {"ok": True, "id": message.id, "delivered": local + remote}
 
     def _on_direct(self, data: str) -> None:
+        if data[0] in "?!":  # (no sid starts so: a question from another node, or an answer)
+            self._on_question(data)
+            return
         sids, _, packet = data.partition(" ")
         registry, transport = self.registry, self.transport
         for sid in sids.split(","):
@@ -735,6 +834,90 @@ class ClusterRelay(Relay):
                 transport.send(sid, packet)
             elif not self.recovery.to_sid(sid, packet):  # (a session waiting here collects it)
                 self.handover.direct(sid, packet)  # (or one on its way here)
+
+    # -- the HTTP API across nodes: rooms, and connections held by other nodes -----------------
+
+    def rooms_page(self, after: str | None, limit: int) -> dict[str, Any]:
+        self._need_redis()
+        raise self._later(self._rooms_page(after, limit))
+
+    async def _rooms_page(self, after: str | None, limit: int) -> dict[str, Any]:
+        low = "-" if after is None else "(" + after
+        found = await self._cmd("zrangebylex", ROOMS, low, "+", start=0, num=limit + 1)
+        more = len(found) > limit
+        found = found[:limit]
+        counts = []
+        if found:
+            keys = [_key(room, "members") for room in found]
+            counts = await self.bus.call(self._counts_script.run(keys, []))
+        return {
+            # (a room vacated between the two reads is left out; the page still ends with it)
+            "rooms": [{"room": r, "members": n} for r, n in zip(found, counts, strict=True) if n],
+            "next": found[-1] if more else None,
+        }
+
+    def connection(self, sid: str) -> dict[str, Any]:
+        if self.registry.get(sid) is not None:
+            return super().connection(sid)
+        self._need_redis()
+        raise self._later(self._ask(sid, "get"))
+
+    def end(self, sid: str) -> None:
+        if self.registry.get(sid) is not None:
+            return  # (the caller ends it here)
+        self._need_redis()
+        raise self._later(self._ask(sid, "end"))
+
+    async def _ask(self, sid: str, what: str) -> dict[str, Any]:
+        """Ask the node holding ``sid`` (``relay:conns``) about it on its channel: ``get`` its
+        details, or ``end`` it; the answer comes on this node's channel once it is done."""
+        value = await self._cmd("hget", CONNS, sid)
+        node = (value or "").partition(" ")[0]
+        if not node or node == self.node:  # (this node's: gone since it was looked for)
+            raise NotFound(f"connection {sid!r} is not connected")
+        number = str(next(self._asks))
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asked[number] = answer
+        try:
+            question = f"?{number} {self.node} {what} {sid}"
+            if not await self._cmd("publish", f"relay:node:{node}", question):
+                raise NotFound(f"connection {sid!r} is not connected (its node is gone)")
+            async with asyncio.timeout(ASK_TIMEOUT_S):
+                body = await answer
+        except TimeoutError:
+            raise Unavailable(
+                f"the node holding connection {sid!r} did not answer within {ASK_TIMEOUT_S:g} s"
+            ) from None
+        finally:
+            del self._asked[number]
+        if "error" in body:
+            raise NotFound(body["error"]["message"])
+        return body
+
+    def _on_question(self, data: str) -> None:
+        if data[0] == "!":
+            number, _, body = data[1:].partition(" ")
+            answer = self._asked.get(number)
+            if answer is not None and not answer.done():
+                answer.set_result(orjson.loads(body))
+            return
+        number, node, what, sid = data[1:].split(" ", 3)
+        self.spawn(self._answer(number, node, what, sid))
+
+    async def _answer(self, number: str, node: str, what: str, sid: str) -> None:
+        body: dict[str, Any]
+        try:
+            if what == "end":
+                Relay.end(self, sid)
+                if self.end_connection is not None:
+                    await self.end_connection(sid)
+                body = {"ok": True, "sid": sid}
+            else:
+                body = Relay.connection(self, sid)
+        except NotFound as exc:
+            body = {"error": exc.to_dict()}
+        text = f"!{number} {orjson.dumps(body).decode()}"
+        await self._cmd("publish", f"relay:node:{node}", text)
 
     # -- Redis (re)connected, heartbeats, dead nodes --------------------------------------------
 
@@ -753,6 +936,8 @@ class ClusterRelay(Relay):
                 pipe.hset(f"relay:user:{member.user}", sid, node)
             for room in member.rooms:
                 pipe.hset(_key(room, "members"), sid, self._member_json(member))
+                pipe.zadd(ROOMS, {room: 0})
+                pipe.zadd(KEPT, {room: scripts.OCCUPIED})
         px = max(1, int(self.recovery.ttl * 1000))
         for session in self.recovery.sessions():
             pipe.sadd(f"relay:node:{node}:sids", session.sid)
@@ -798,7 +983,9 @@ class ClusterRelay(Relay):
                 continue  # (logged by the bus; the node is unhealthy meanwhile)
 
     async def _reap(self, dead: str) -> None:
-        """Remove node ``dead``'s connections and members, announcing the leaves (once)."""
+        """Remove node ``dead``'s connections and members, announcing the leaves (once), and
+        reporting them to webhooks as its own leaves and disconnects would have been (then
+        the rooms they vacated)."""
         call = self.bus.call
         lock = f"relay:node:{dead}:reaper"
         px = int(self.settings.node_timeout * 4000)
@@ -806,28 +993,41 @@ class ClusterRelay(Relay):
             return  # another node is at it
         log.warning("cluster node %s stopped answering: removing its connections", dead)
         sids = await call(lambda pipe: pipe.smembers(f"relay:node:{dead}:sids"))
+        users: dict[str, str | None] = {}
         for sid in sids:
             value = await self._cmd("hget", CONNS, sid)
             await self._cmd("hdel", CONNS, sid)
             user = (value or "").partition(" ")[2]
+            users[sid] = user or None
             held = await self._cmd("hget", HELD, sid)
             if held is not None and held.startswith(f"{dead} "):  # (a session it held: lost)
                 await self._cmd("hdel", HELD, sid)  # (its user's "=" mark goes on next use)
             if user:
                 await self._cmd("hdel", f"relay:user:{user}", sid)
         rooms = await call(lambda pipe: pipe.smembers(f"relay:node:{dead}:rooms"))
-        for room in rooms:
+        left: dict[str, list[str]] = {sid: [] for sid in users}
+        vacated: list[tuple[str, str, str | None]] = []
+        for room in sorted(rooms):
             members = await self._cmd("hgetall", _key(room, "members"))
             for sid, value in members.items():
                 m = orjson.loads(value)
                 if m.get("node") != dead:
                     continue
-                await self._cmd("hdel", _key(room, "members"), sid)
+                if await self._remove_member(room, sid, m["user"], report=False):
+                    vacated.append((room, sid, m["user"]))
+                left.setdefault(sid, []).append(room)
+                users.setdefault(sid, m["user"])
                 packet = envelope.event_packet(
                     "presence",
                     {"room": room, "action": "leave", "member": {"sid": sid, "user": m["user"]}},
                 )
                 self._publish_event(room, packet, "-")  # (every node tells its members)
+        hooks = self.hooks
+        if hooks is not None:
+            for sid, its_rooms in left.items():
+                hooks.disconnected(Member(sid, users[sid]), its_rooms, _occupied)
+            for room, sid, user in vacated:
+                hooks.vacated(sid, user, room)
         keys = [f"relay:node:{dead}:sids", f"relay:node:{dead}:rooms"]
         await call(lambda pipe: pipe.delete(*keys))
         await call(lambda pipe: pipe.srem(NODES, dead))
@@ -843,6 +1043,26 @@ class ClusterRelay(Relay):
             self._maybe_unfollow(room)
         return dropped
 
+    def backend_metrics(self) -> list[tuple[str, str, str, float]]:
+        bus = self.bus
+        return [
+            ("gauge", "relay_redis_up", "1 while Redis answers (commands and subscriptions)",
+             int(bus.healthy)),
+            ("counter", "relay_redis_reconnects", "Times the Redis connection came back",
+             bus.reconnects),
+            ("gauge", "relay_redis_queued", "Redis calls and state writes waiting to be sent",
+             bus.queued),
+            ("gauge", "relay_redis_rooms_followed", "Rooms whose channel this node follows",
+             len(self.feeds)),
+            ("counter", "relay_redis_gap_filled",
+             "Messages delivered from a room's stream (a gap), not from its channel",
+             self.filled),
+            ("counter", "relay_redis_nodes_reaped", "Dead nodes this node removed",
+             self.reaped),
+            ("counter", "relay_redis_heartbeats", "Heartbeats sent (each a look for dead nodes)",
+             self.heartbeats),
+        ]  # fmt: skip
+
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
@@ -856,6 +1076,10 @@ class ClusterRelay(Relay):
                 "sessions": self.handover.describe(),
             },
         }
+
+
+def _occupied(room: str) -> bool:
+    return True  # (whether a room was vacated is the script's to say, and reported after)
 
 
 def _skip(value: str | None) -> str | None:

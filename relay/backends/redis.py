@@ -156,6 +156,11 @@ class Bus:
     def healthy(self) -> bool:
         return self.problem is None and self._commands_ok
 
+    @property
+    def queued(self) -> int:
+        """Calls and state writes waiting for the writer."""
+        return self._queue.qsize()
+
     def state(self) -> str:
         if self.problem is not None:
             return f"unavailable: {self.problem} ({self.where})"
@@ -167,11 +172,19 @@ class Bus:
 
     async def call(self, apply: Apply) -> Any:
         """Queue ``apply`` (which adds one command to a pipeline); its reply, or Unavailable."""
+        return await self.ask(apply)
+
+    def ask(self, apply: Apply) -> Awaitable[Any]:
+        """Queue ``apply`` now, before whatever is queued after this returns (a call's own
+        queueing waits for its first await); await the result for its reply, or Unavailable."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((apply, future))
         except asyncio.QueueFull:
-            raise Unavailable(f"Redis is not keeping up: {QUEUE_SIZE} calls wait") from None
+            future.set_exception(Unavailable(f"Redis is not keeping up: {QUEUE_SIZE} calls wait"))
+        return self._reply(future)
+
+    async def _reply(self, future: asyncio.Future[Any]) -> Any:
         # the deadline counts from here: a call queued behind a batch Redis does not answer
         # fails with it, and one not sent yet by then is never sent (the writer skips it)
         try:

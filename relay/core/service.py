@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -81,6 +81,9 @@ class Relay:
         self._expiring: list[tuple[float, str]] = []
         #: where connection and membership events are reported (relay.core.webhooks), if anywhere
         self.hooks: Webhooks | None = None
+        #: ends one connection of this process (its client sees a server disconnect); the app
+        #: sets it
+        self.end_connection: Callable[[str], Awaitable[None]] | None = None
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -361,6 +364,12 @@ class Relay:
             "next": page[-1][0] if more else None,
         }
 
+    def end(self, sid: str) -> None:
+        """Check that ``sid`` may be ended (NotFound when it is not connected); the caller then
+        ends it (:attr:`end_connection`). A backend whose connection lives in another process
+        ends it there instead, and raises Deferred (relay.core.deferred)."""
+        self.member(sid)
+
     def connection(self, sid: str) -> dict[str, Any]:
         """What the HTTP API tells of one connection, or NotFound."""
         member = self.member(sid)
@@ -489,6 +498,11 @@ class Relay:
     def health(self) -> dict[str, str]:
         """Each backend's state for ``/healthz``: ``"ok"``, or what is wrong."""
         return {"memory": "ok"}
+
+    def backend_metrics(self) -> list[tuple[str, str, str, float]]:
+        """The backend's own figures for ``/metrics``, as (``"gauge"`` or ``"counter"``, name,
+        help, value): the memory backend has none."""
+        return []
 
     # -- housekeeping --------------------------------------------------------------------------
 

@@ -14,8 +14,18 @@ queue is backed up it takes the next batch at once. There is exactly one request
 the receiver sees batches in order. A batch is retried with capped, jittered exponential
 backoff after a timeout, a connection error, a 429 (its ``Retry-After`` honoured up to the cap)
 or a 5xx, until ``RELAY_WEBHOOK_RETRY_FOR`` has passed since its first attempt; then its events
-are dropped and counted. Any other answer outside 2xx drops the batch at once. Each attempt is
-signed afresh (its own ``X-Relay-Timestamp``), so a receiver's 5-minute window holds for retries.
+are dropped and counted. Any other answer outside 2xx drops the batch at once. The status is
+the answer: of the body, at most :data:`ANSWER_MAX` bytes are read (so the connection can
+serve the next request), and a longer body, or one still arriving when the request's
+``RELAY_WEBHOOK_TIMEOUT`` is up, closes the connection instead; a receiver that answers
+gigabytes, or dribbles forever, costs neither memory nor the in-flight slot past the timeout.
+Each attempt is signed afresh (its own ``X-Relay-Timestamp``), so a receiver's 5-minute window
+holds for retries.
+
+``room_occupied`` and ``room_vacated`` follow the ``join`` of a room's first member and the
+``leave`` of its last. One process knows both when it notes the join or leave; in a cluster
+(:mod:`relay.backends.cluster`) the script in Redis that adds or removes the member decides,
+and the node whose script did reports it, once (:attr:`Webhooks.rooms_here` off).
 
 At shutdown the sender flushes what is queued, without lingering, for up to
 ``RELAY_SHUTDOWN_TIMEOUT``; what is still queued or in flight then is dropped and counted.
@@ -57,6 +67,8 @@ BACKOFF_CAP_S = 10.0
 LOG_EVERY_S = 10.0
 #: event names whose pattern match is remembered (past it the cache starts over)
 MATCH_CACHE_SIZE = 1024
+#: bytes of a receiver's answer read at most (past it the connection is closed, not drained)
+ANSWER_MAX = 64 * 1024
 
 #: (name, ts, sid, user, room) or, for publish, (name, ts, sid, user, room, event, offset)
 Event = tuple[Any, ...]
@@ -141,6 +153,9 @@ class Webhooks:
         #: the sender is gone for good (shut down): events noted now are dropped at once
         self._finished = False
         self._lingering = False
+        #: whether joined/left's first/last decide room_occupied/room_vacated (one process);
+        #: off, the caller reports them with occupied/vacated
+        self.rooms_here = True
         self._next_log: dict[str, float] = {}
         self.stats = {"sent": 0, "requests": 0, "retries": 0}
         self.dropped = {"queue_full": 0, "rejected": 0, "expired": 0, "shutdown": 0}
@@ -165,14 +180,22 @@ class Webhooks:
     def joined(self, member: Member, room: str, first: bool) -> None:
         ts = self._clock()
         self._put(("join", ts, member.sid, member.user, room))
-        if first:
+        if first and self.rooms_here:
             self._put(("room_occupied", ts, member.sid, member.user, room))
 
     def left(self, member: Member, room: str, last: bool) -> None:
         ts = self._clock()
         self._put(("leave", ts, member.sid, member.user, room))
-        if last:
+        if last and self.rooms_here:
             self._put(("room_vacated", ts, member.sid, member.user, room))
+
+    def occupied(self, sid: str, user: str | None, room: str) -> None:
+        """``sid``'s join made ``room`` occupied (decided elsewhere: see ``rooms_here``)."""
+        self._put(("room_occupied", self._clock(), sid, user, room))
+
+    def vacated(self, sid: str, user: str | None, room: str) -> None:
+        """``sid``'s leave left ``room`` empty (decided elsewhere: see ``rooms_here``)."""
+        self._put(("room_vacated", self._clock(), sid, user, room))
 
     def published(
         self, sid: str, user: str | None, room: str, event: str, offset: int | None
@@ -325,9 +348,9 @@ class Webhooks:
             async with self._session.post(
                 self.url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                await response.read()
                 status = response.status
                 after = response.headers.get("Retry-After")
+                await _skim(response)
         except TimeoutError:
             return False, 0.0, f"no answer within {self._settings.webhook_timeout:g} s"
         except aiohttp.ClientError as exc:
@@ -354,6 +377,24 @@ class Webhooks:
             **self.stats,
             "dropped": dict(self.dropped),
         }
+
+
+async def _skim(response: aiohttp.ClientResponse) -> None:
+    """Read the rest of an answer whose status is known: up to :data:`ANSWER_MAX` bytes, and
+    within the request's timeout; past either, close the connection (never read to the end)."""
+    import aiohttp
+
+    content = response.content
+    read = 0
+    try:
+        while read <= ANSWER_MAX:
+            chunk = await content.readany()
+            if not chunk:
+                return  # (the whole body: the connection may serve the next request)
+            read += len(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # (the status stands: the body was never the answer)
+    response.close()
 
 
 __all__ = ["Webhooks", "check_signature", "event_dict", "sign"]

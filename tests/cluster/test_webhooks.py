@@ -1,9 +1,13 @@
-"""Webhooks from cluster nodes: client publishes are reported with the offset Redis gave them,
-once, by the node the client is on; the publish itself still crosses the cluster."""
+"""Webhooks from cluster nodes: every event is reported once, by the node the client is on
+(client publishes with the offset Redis gave them), and a room's occupancy once for the whole
+cluster; the publish itself still crosses the cluster."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
+from collections.abc import Callable
 
 from tests.cluster.conftest import Nodes
 from tests.hooks.receiver import SECRET, receiving
@@ -41,3 +45,94 @@ async def test_a_cluster_publish_is_reported_once_with_its_offset(
         assert [(p["sid"], p["event"], p["offset"]) for p in published] == [
             (alice.sid, "chat.msg", ack["offset"]) for ack in acks
         ]
+
+
+async def test_each_event_is_reported_once_by_one_node_and_rooms_once_cluster_wide(
+    nodes: Nodes, clients: Peers
+) -> None:
+    # a room with members on two nodes is occupied once and vacated once, whichever node's
+    # member came first or went last (both join at once, and both leave at once); a node that
+    # dies has its connections' leaves and disconnects reported by the node that reaps it,
+    # once, with the room it left empty
+    with receiving() as receiver:
+        hooked = {
+            "RELAY_WEBHOOK_URL": receiver.url,
+            "RELAY_WEBHOOK_SECRET": SECRET,
+            "RELAY_WEBHOOK_PUBLISH": "*",
+            "RELAY_WEBHOOK_LINGER": "10ms",
+            "RELAY_NODE_TIMEOUT": "1",
+        }
+        a, b, c = nodes.start(**hooked), nodes.start(**hooked), nodes.start(**hooked)
+        shared, alone = unique(), unique()
+        alice = await clients(url=a.url, user="alice")
+        bob = await clients(url=b.url, user="bob")
+        carol = await clients(url=c.url, user="carol")
+        await asyncio.gather(alice.ok("join", {"room": shared}), bob.ok("join", {"room": shared}))
+        await carol.ok("join", {"room": shared})
+        await carol.ok("join", {"room": alone})
+        await bob.ok("publish", {"room": shared, "data": 1})
+        await asyncio.gather(alice.ok("leave", {"room": shared}), bob.ok("leave", {"room": shared}))
+
+        def seen(name: str, room: str | None = None) -> list[tuple[str, str | None]]:
+            return [
+                (e["sid"], e.get("room")) for e in receiver.named(name) if e.get("room") == room
+            ]
+
+        carol_sid = carol.sid
+        # (what carol's node reported must have arrived before it dies)
+        await wait_until(lambda: seen("room_occupied", alone) != [], "alone occupied")
+        c.stop(signal.SIGKILL)  # carol's node dies: she leaves both rooms, alone is vacated
+
+        await wait_until(lambda: len(seen("room_vacated", shared)) >= 1, "shared vacated")
+        await wait_until(lambda: len(seen("room_vacated", alone)) >= 1, "alone vacated")
+        await wait_until(lambda: len(seen("disconnect")) >= 1, "carol's disconnect")
+        # a marker from each living node: what each of them reported before it has arrived
+        markers = [await clients(url=node.url, user="marker") for node in (a, b)]
+        await wait_until(
+            lambda: {m.sid for m in markers} <= {sid for sid, _ in seen("connect")}, "markers"
+        )
+
+        assert sorted(seen("room_occupied", shared)) in (
+            [(alice.sid, shared)],
+            [(bob.sid, shared)],
+        )
+        assert seen("room_occupied", alone) == [(carol_sid, alone)]
+        assert len(seen("room_vacated", shared)) == 1
+        assert seen("room_vacated", alone) == [(carol_sid, alone)]
+        assert sorted(seen("join", shared)) == sorted(
+            [(alice.sid, shared), (bob.sid, shared), (carol_sid, shared)]
+        )
+        assert sorted(seen("leave", shared)) == sorted(
+            [(alice.sid, shared), (bob.sid, shared), (carol_sid, shared)]
+        )
+        assert seen("leave", alone) == [(carol_sid, alone)]
+        assert seen("publish", shared) == [(bob.sid, shared)]
+        connects = sorted(sid for sid, _ in seen("connect"))
+        assert connects == sorted([alice.sid, bob.sid, carol_sid, *(m.sid for m in markers)])
+        assert seen("disconnect") == [(carol_sid, None)]
+        # carol's leaves came before her disconnect, and each room's vacancy after its leave
+        names = [(e["name"], e["sid"], e.get("room")) for e in receiver.events]
+        assert names.index(("leave", carol_sid, alone)) < names.index(
+            ("disconnect", carol_sid, None)
+        )
+        assert names.index(("leave", carol_sid, alone)) < names.index(
+            ("room_vacated", carol_sid, alone)
+        )
+
+        # a node shut down (SIGTERM) reports its last leaves, and the rooms they vacate,
+        # before it exits
+        last = unique()
+        alice_sid = alice.sid
+        await alice.ok("join", {"room": last})
+        await wait_until(lambda: seen("room_occupied", last) != [], "last occupied")
+        assert a.stop() == 0
+        assert seen("leave", last) == [(alice_sid, last)]
+        assert seen("room_vacated", last) == [(alice_sid, last)]
+        assert (alice_sid, None) in seen("disconnect")
+
+
+async def wait_until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        await asyncio.sleep(0.02)

@@ -90,3 +90,21 @@ def test_the_readmes_verifier_accepts_relays_signature() -> None:
     assert namespace["verify"](b"other", headers, body) is False
     stale = {"X-Relay-Timestamp": str(now - 400), "X-Relay-Signature": sign("k", now - 400, body)}
     assert namespace["verify"](b"k", stale, body) is False
+
+
+def test_room_occupancy_is_the_caller_s_to_report_when_decided_elsewhere() -> None:
+    settings = Settings(webhook_url="http://127.0.0.1:1/", webhook_secret="k")
+    here, elsewhere = Webhooks(settings, lambda: 7), Webhooks(settings, lambda: 7)
+    elsewhere.rooms_here = False  # (a cluster: Redis decides a room's first and last member)
+    alice = Member("s1", "alice")
+    for hooks in (here, elsewhere):
+        hooks.joined(alice, "r", True)
+        hooks.left(alice, "r", True)
+    assert [e[0] for e in here._queue] == ["join", "room_occupied", "leave", "room_vacated"]
+    assert [e[0] for e in elsewhere._queue] == ["join", "leave"]
+    elsewhere.occupied("s1", "alice", "r")
+    elsewhere.vacated("s2", None, "r")
+    assert [event_dict(e) for e in list(elsewhere._queue)[2:]] == [
+        {"name": "room_occupied", "ts": 7, "sid": "s1", "user": "alice", "room": "r"},
+        {"name": "room_vacated", "ts": 7, "sid": "s2", "user": None, "room": "r"},
+    ]

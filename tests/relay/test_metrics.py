@@ -101,6 +101,7 @@ async def test_a_metrics_key_protects_metrics_alone() -> None:
     parsed = samples(by_metrics_key.text)
     assert value(parsed, "relay_connections", transport="websocket") == 0
     assert not any(name.startswith("relay_webhook") for name, _ in parsed)  # webhooks off
+    assert not any(name.startswith("relay_redis") for name, _ in parsed)  # no cluster
 
 
 async def test_open_metrics_without_any_key() -> None:
