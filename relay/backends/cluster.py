@@ -101,6 +101,8 @@ STOP_WAIT_S = 2.0
 #: seconds a question to the node holding a connection (the HTTP API's) waits for its answer
 ASK_TIMEOUT_S = 5.0
 CONNS = "relay:conns"
+#: what the node channel's hand-over messages begin with (relay.backends.handover)
+HANDOVER_CONTROL = ("?ask ", "?given ", "?none ")
 NODES = "relay:nodes"
 #: the rooms with members, and the rooms kept (members or history): relay.backends.scripts
 ROOMS = "relay:rooms"
@@ -681,7 +683,10 @@ class ClusterRelay(Relay):
 
     def _on_message(self, channel: str, data: str) -> None:
         if channel == self.node_channel:
-            if data.startswith("?"):  # (sids never start with "?")
+            # (sids never start with "?" or "!"): a hand-over's control message, a question
+            # from another node's HTTP API ("?<number> ...") or its answer ("!<number> ..."),
+            # else a direct message
+            if data.startswith(HANDOVER_CONTROL):
                 self.handover.control(data)
             else:
                 self._on_direct(data)

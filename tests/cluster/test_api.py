@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import httpx
-import jsonschema
+import jsonschema_rs
 
 from relay import __version__, apispec
 from tests.cluster.conftest import Nodes
@@ -25,7 +25,7 @@ def conforms(response: httpx.Response, path: str, method: str = "get") -> Any:
     if "$ref" in schema:
         schema = DOCUMENT["components"]["schemas"]["Error"]
     body = response.json()
-    jsonschema.validate(body, schema)
+    jsonschema_rs.validate(schema, body)
     return body
 
 
