@@ -38,7 +38,18 @@ in :mod:`relay.backends.scripts`.
 - **Faults**: see :mod:`relay.backends.redis`. While Redis is unavailable, ``/healthz`` is 503,
   publishes, joins and presence are ``unavailable``, and what needs no Redis (a direct to a
   connection on this node, leaving) still works. When it is back the node writes its state
-  again and fills its feeds' gaps.
+  again and fills its feeds' gaps -- in a new epoch too, from its first offset: what other
+  nodes published before this one was back went out while its members were members.
+- **What a fault may cost** (checked by tests/cluster/test_js_cluster.py): an acked publish
+  reaches every member of its room, once, in order. A publish answered ``unavailable`` because
+  Redis was known to be down (or refused the connection) was never sent. One answered
+  ``unavailable`` because Redis went away, or passed the deadline, while it was on its way, or
+  one whose node died before answering, is *in doubt*: Redis may have run it and sent it to the
+  subscribed nodes with the answer still unsent; if so it reached every member like any other.
+  A Redis that comes back empty (a new epoch) takes with it what a member had not received yet
+  (a node's gap that was still being filled); the member sees the epoch change. Redis must come
+  back either with every write it answered (``appendfsync always``) or with nothing: one
+  restored from an older snapshot keeps the epoch while its offsets go back.
 """
 
 from __future__ import annotations
@@ -674,10 +685,12 @@ class ClusterRelay(Relay):
             if feed is None or not feed.anchored:
                 continue
             seq, epoch = int(tail[3 * i + 1] or 0), tail[3 * i + 2]
-            if epoch != feed.epoch:  # Redis lost the room: its next offsets are a new epoch's
-                feed.epoch, feed.last = epoch, seq
+            if epoch != feed.epoch:  # Redis lost the room: its offsets started again
+                # (what the new epoch holds already went out while this node was away: its
+                # members were members all along, so they get it, from the stream)
+                feed.epoch, feed.last = epoch, 0
                 feed.pending.clear()
-            elif feed.last < seq:
+            if feed.last < seq:
                 self.spawn(self._fill(feed, seq))
 
     async def _heartbeat(self) -> None:
