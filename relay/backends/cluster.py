@@ -47,9 +47,11 @@ in :mod:`relay.backends.scripts`.
   one whose node died before answering, is *in doubt*: Redis may have run it and sent it to the
   subscribed nodes with the answer still unsent; if so it reached every member like any other.
   A Redis that comes back empty (a new epoch) takes with it what a member had not received yet
-  (a node's gap that was still being filled); the member sees the epoch change. Redis must come
-  back either with every write it answered (``appendfsync always``) or with nothing: one
-  restored from an older snapshot keeps the epoch while its offsets go back.
+  (a node's gap that was still being filled, or a publish in flight reaching some nodes only);
+  the member sees the epoch change. Redis must come back either with every write it answered
+  (``appendfsync always``) or with nothing: one restored from an older snapshot keeps the
+  epoch while its offsets go back, and the feeds drop what comes until they pass where they
+  were (taken for duplicates).
 """
 
 from __future__ import annotations
