@@ -67,6 +67,16 @@ class RedisServer:
         shutil.rmtree(self.directory / "appendonlydir", ignore_errors=True)
         (self.directory / "dump.rdb").unlink(missing_ok=True)
 
+    def copy_data(self, to: Path) -> None:
+        """Copy what the running server saved so far (its append-only files) to ``to``."""
+        shutil.copytree(self.directory / "appendonlydir", to)
+
+    def restore_data(self, copy: Path) -> None:
+        """Put an older :meth:`copy_data` back in place of what a stopped server saved: it
+        restarts as a Redis restored from a backup, or from its last snapshot after a crash."""
+        self.wipe()
+        shutil.copytree(copy, self.directory / "appendonlydir")
+
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:

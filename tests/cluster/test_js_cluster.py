@@ -4,10 +4,13 @@
 rooms, each publishing a steady stream of uniquely numbered messages and recording every ack and
 every message it receives (its header says how a client follows the rooms' epochs and offsets).
 Meanwhile this test SIGKILLs redis-server and restarts it with its data (an append-only file
-written before every answer), SIGKILLs it again and restarts it empty (the rooms' offsets start
-again: a new epoch), then SIGKILLs one relay node, whose clients move to the other node and
-join again with ``since`` and ``epoch``. Then the publishers stop, every client catches up, and
-the script reports what it saw.
+written before every answer: the epochs go on), kills it again and restarts it from an older
+copy of its files (as after a crash with RDB snapshots or AOF ``everysec``: the nodes saw
+offsets it no longer has, so the rooms get new epochs), kills it again and restarts it empty
+(new epochs again), then SIGKILLs one relay node, whose clients move to the other node and
+join again with ``since`` and ``epoch``. Redis stays down each time until the clients had
+:data:`REFUSED` publishes answered ``unavailable``. Then the publishers stop, every client
+catches up, and the script reports what it saw.
 
 What the contract promises, and so what is checked, per room and epoch:
 
@@ -22,8 +25,9 @@ What the contract promises, and so what is checked, per room and epoch:
   nodes' subscriptions just before dying with its answer to the publisher's node unsent
   (SIGKILL lands between the writes of one event-loop turn, or between two reads of one
   pipeline); nobody can tell, so neither its publisher nor this check may count on either;
-- the restart with data changes no epoch; the empty restart changes each room's epoch once, and
-  every client sees that change (as offsets that go back, confirmed by a join) exactly once.
+- the restart with data changes no epoch; the one from an older copy and the empty one change
+  each room's epoch once each, and every client sees those changes (as offsets that go back,
+  confirmed by a join, or in the ack of its join after a move) once each, in order.
 
 The one loss the contract allows: messages of an epoch Redis lost that a client had not
 received when Redis went, so long as that client saw the epoch change (nobody holds them any
@@ -37,10 +41,12 @@ Redis's writes to two connections). The check bounds them by the number of publi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +152,26 @@ async def all_health(nodes: list[RelayProcess], status: int, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def redis_outage(
+    redis: RedisServer,
+    nodes: list[RelayProcess],
+    check: Check,
+    how: str,
+    meanwhile: Callable[..., None] | None = None,
+    *args: Any,
+) -> None:
+    """SIGKILL redis-server under traffic; keep it down until the clients had :data:`REFUSED`
+    publishes answered ``unavailable``; ``meanwhile(*args)`` (its files changed); start it
+    again, and wait until every node is healthy."""
+    redis.stop()
+    await all_health(nodes, 503, "Redis killed")
+    await check.ask(f"refused {REFUSED}", 30)
+    if meanwhile is not None:
+        meanwhile(*args)
+    redis.start()
+    await all_health(nodes, 200, f"Redis back {how}")
+
+
 def describe(report: dict[str, Any], nodes: list[RelayProcess]) -> str:
     """The checks that failed, with examples, and what the nodes logged above INFO."""
     bad = {k: v for k, v in report["counts"].items() if v != EXPECTED_COUNTS.get(k, v)}
@@ -182,21 +208,17 @@ async def test_js_clients_on_two_nodes_lose_nothing_through_redis_and_node_fault
         await check.line(30)  # running: every client in both rooms, traffic arriving
 
         # Redis SIGKILLed under traffic, restarted with its data: the same epochs go on
-        redis.stop()
-        await all_health([a, b], 503, "Redis killed")
-        await check.ask(f"refused {REFUSED}", 30)
-        redis.start()
-        await all_health([a, b], 200, "Redis back with its data")
+        await redis_outage(redis, [a, b], check, "with its data")
         await check.ask(f"wait {BETWEEN}", 30)
-
-        # SIGKILLed again, restarted empty: every room's offsets start again in a new epoch
+        older = tmp_path / "older"
+        redis.copy_data(older)
+        # killed again, restored from that older copy (a backup, a snapshot, AOF everysec
+        # after a crash): the nodes saw offsets it no longer has, so the rooms get new epochs
         await check.ask(f"wait {BETWEEN}", 30)
-        redis.stop()
-        await all_health([a, b], 503, "Redis killed again")
-        await check.ask(f"refused {REFUSED}", 30)
-        redis.wipe()
-        redis.start()
-        await all_health([a, b], 200, "Redis back empty")
+        await redis_outage(redis, [a, b], check, "from an older copy", redis.restore_data, older)
+        await check.ask(f"wait {BETWEEN}", 30)
+        # killed again, restarted empty: every room's offsets start again in a new epoch
+        await redis_outage(redis, [a, b], check, "empty", redis.wipe)
         await check.ask(f"wait {BETWEEN}", 30)
 
         # a node SIGKILLed: its clients move to the other one and join again with since/epoch
@@ -219,23 +241,27 @@ async def test_js_clients_on_two_nodes_lose_nothing_through_redis_and_node_fault
     counts = dict(report["counts"])
     in_doubt, tail = counts.pop(IN_DOUBT), counts.pop(TAIL)
     assert counts == EXPECTED_COUNTS, describe(report, [a, b])
-    # each client has one publish in flight at most when Redis or a node dies (three times);
-    # only those can be in doubt, and only those can miss some node when Redis dies empty
+    # each client has one publish in flight at most when Redis or a node dies (four times);
+    # only those can be in doubt, and only those can miss some node when Redis loses data
     n = len(report["clients"])
-    assert in_doubt <= 3 * n, report["examples"][IN_DOUBT]
-    assert tail <= n, report["examples"][TAIL]
+    assert in_doubt <= 4 * n, report["examples"][IN_DOUBT]
+    assert tail <= 2 * n, report["examples"][TAIL]
     # the faults hit live traffic: publishes were answered unavailable while Redis was down
     published = report["published"]
-    assert published.get("acked", 0) >= 4 * BETWEEN, published
-    assert published.get("unavailable", 0) >= 2 * REFUSED, published
+    assert published.get("acked", 0) >= 5 * BETWEEN, published
+    assert published.get("unavailable", 0) >= 3 * REFUSED, published
     assert set(published) <= {"acked", "unavailable", "no ack"}, published
-    # one epoch change per room, the empty restart's, seen by every client exactly once
+    # two epoch changes per room (the older copy's, the empty restart's), seen by every client
+    # once each, in the same order
     for room in ROOMS:
-        assert len(report["epochs"][room]) == 2, report["epochs"]
+        assert len(report["epochs"][room]) == 3, report["epochs"]
     for client in report["clients"]:
         changes = client["epochChanges"]
-        assert sorted(c["room"] for c in changes) == ROOMS, (client["label"], changes)
-        assert all(c["from"] != c["to"] for c in changes), changes
+        assert sorted(c["room"] for c in changes) == sorted(ROOMS * 2), (client["label"], changes)
+        for room in ROOMS:
+            seen = [(c["from"], c["to"]) for c in changes if c["room"] == room]
+            epochs = report["epochs"][room]
+            assert seen == list(itertools.pairwise(epochs)), (client["label"], changes)
         # the clients of the killed node moved to the living one (once); the others stayed
         moved = [m["to"] for m in client["moves"]]
         if client["home"] == b.url:
