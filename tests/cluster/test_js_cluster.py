@@ -35,7 +35,8 @@ more), and only the epoch's tail (nothing after them reached that client). Relay
 message to the subscribed nodes in the same step that answers its publisher (one Lua script),
 so with every node subscribed when Redis dies, a message acked before is on its way to every
 node already: only the publishes in flight at that moment can miss a node (SIGKILL between
-Redis's writes to two connections). The check bounds them by the number of publishers.
+Redis's writes to two connections). The check bounds them by the number of publishers,
+per such fault.
 """
 
 from __future__ import annotations
@@ -105,7 +106,6 @@ class Check:
     def __init__(self, proc: asyncio.subprocess.Process, stderr: Path) -> None:
         self.proc = proc
         self.stderr = stderr
-        self.lines: list[dict[str, Any]] = []
 
     async def line(self, timeout: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -120,7 +120,6 @@ class Check:
                 + self.stderr.read_text()
             )
         got: dict[str, Any] = json.loads(raw)
-        self.lines.append(got)
         if got["type"] == "fatal":
             raise AssertionError(f"cluster_check.mjs failed: {got['message']}")
         return got
@@ -229,9 +228,12 @@ async def test_js_clients_on_two_nodes_lose_nothing_through_redis_and_node_fault
         assert await proc.wait() == 0, stderr.read_text()
         elapsed = time.monotonic() - started
     finally:
-        if proc is not None and proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        if proc is not None:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            assert proc.stdin is not None
+            proc.stdin.close()
         cluster.close()
         redis.stop()
 

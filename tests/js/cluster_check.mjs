@@ -86,7 +86,7 @@ function until(check, ms, what) {
   });
 }
 
-function moved() {
+function progressed() {
   for (const look of [...waiters]) look();
 }
 
@@ -112,7 +112,6 @@ class Client {
     this.notRecovered = [];
     this.epochChanges = [];
     this.published = [];
-    this.inFlight = null;
   }
 
   open() {
@@ -156,7 +155,7 @@ class Client {
     const joins = await Promise.all(ROOMS.map((room) => this.join(socket, room, false)));
     if (socket === this.socket && joins.every(Boolean)) {
       this.ready = true;
-      moved();
+      progressed();
     }
   }
 
@@ -211,7 +210,7 @@ class Client {
     const held = r.held;
     r.held = [];
     for (const env of held) this.accept(r, env);
-    moved();
+    progressed();
     return ack;
   }
 
@@ -252,7 +251,7 @@ class Client {
     }
     r.log.push([id, env.offset, r.epoch]);
     r.last = Math.max(r.last, env.offset);
-    moved();
+    progressed();
   }
 
   /** Publish to the rooms in turn until stopped, one at a time, while connected and joined. */
@@ -278,12 +277,12 @@ class Client {
         rec.offset = ack.offset;
         rec.epoch = this.rooms.get(room).epoch; // (a guess: used only for a message nobody got)
         acked += 1;
-        moved();
+        progressed();
       } else if (ack.error?.code === "unavailable") {
         rec.status = "unavailable";
         rec.why = ack.error.message;
         refused += 1;
-        moved();
+        progressed();
       } else {
         fatal(`${this.label}: publish answered ${JSON.stringify(ack)}`);
       }
@@ -507,6 +506,8 @@ async function command(line) {
     stopping = true;
     emit({ type: "report", ...settled, ...analyse(), elapsedMs: Date.now() - started });
     for (const c of clients) c.close();
+    input.close();
+    process.stdin.destroy(); // (then nothing is left to wait for: the process ends by itself)
     setTimeout(() => process.exit(0), 2000).unref();
   } else {
     fatal(`unknown command ${JSON.stringify(line)}`);
@@ -514,6 +515,7 @@ async function command(line) {
 }
 
 let loops = [];
+let input = null;
 
 async function main() {
   if (!Array.isArray(URLS) || !Array.isArray(ROOMS)) fatal("config: {urls: [...], rooms: [...]}");
@@ -528,7 +530,7 @@ async function main() {
     "every client received traffic in every room",
   );
   emit({ type: "running", elapsedMs: Date.now() - started });
-  const input = readline.createInterface({ input: process.stdin });
+  input = readline.createInterface({ input: process.stdin });
   let queue = Promise.resolve();
   input.on("line", (line) => {
     queue = queue.then(() => command(line)).catch((err) => fatal(err?.stack ?? String(err)));
