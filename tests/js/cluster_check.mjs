@@ -177,7 +177,7 @@ class Client {
         ack = null; // (no answer: the connection is going, or ask again)
       }
       if (ack?.ok) break;
-      if (ack && ack.error?.code !== "unavailable") {
+      if (ack && ack.error?.code !== "unavailable" && socket === this.socket) {
         fatal(`${this.label}: join ${JSON.stringify(payload)} answered ${JSON.stringify(ack)}`);
       }
       ack = null;
