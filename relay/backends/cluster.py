@@ -59,7 +59,26 @@ in :mod:`relay.backends.scripts`.
 - **Faults**: see :mod:`relay.backends.redis`. While Redis is unavailable, ``/healthz`` is 503,
   publishes, joins and presence are ``unavailable``, and what needs no Redis (a direct to a
   connection on this node, leaving) still works. When it is back the node writes its state
-  again and fills its feeds' gaps.
+  again and fills its feeds' gaps -- in a new epoch too, from its first offset: what other
+  nodes published before this one was back went out while its members were members.
+- **What a fault may cost** (checked by tests/cluster/test_js_cluster.py): an acked publish
+  reaches every member of its room, once, in order. A publish answered ``unavailable`` because
+  Redis was known to be down (or refused the connection) was never sent. One answered
+  ``unavailable`` because Redis went away, or passed the deadline, while it was on its way, or
+  one whose node died before answering, is *in doubt*: Redis may have run it and sent it to the
+  subscribed nodes with the answer still unsent; if so it reached every member like any other.
+  A Redis that comes back empty (a new epoch) takes with it what a member had not received yet
+  (a node's gap that was still being filled, or a publish in flight reaching some nodes only);
+  the member sees the epoch change.
+- **A Redis that went back** (restored from an older copy: a backup, an RDB snapshot or AOF
+  ``everysec`` after a crash) keeps the epoch while its offsets go back, and would hand out
+  offsets the nodes already delivered (their feeds would drop the new messages as
+  duplicates). A node that finds a room it follows behind its feed, in the same epoch, drops
+  the room's offset and history and makes a new epoch (:data:`scripts.ROLLBACK`, once for all
+  nodes): for the members it is a Redis that lost the room. After an outage a node takes no
+  publish or join before it looked (see ``Bus.reachable``). A room no node follows is not
+  looked at: it goes on from the older copy in the same epoch (a join with a ``since`` ahead
+  of it answers ``recovered: false``).
 """
 
 from __future__ import annotations
@@ -961,10 +980,24 @@ class ClusterRelay(Relay):
             if feed is None or not feed.anchored:
                 continue
             seq, epoch = int(tail[3 * i + 1] or 0), tail[3 * i + 2]
-            if epoch != feed.epoch:  # Redis lost the room: its next offsets are a new epoch's
-                feed.epoch, feed.last = epoch, seq
+            if epoch == feed.epoch and seq < feed.last:  # Redis went back: a new epoch
+                log.warning(
+                    "Redis lost writes it had answered: room %s is at offset %d, this node"
+                    " delivered %d; starting a new epoch",
+                    room,
+                    seq,
+                    feed.last,
+                )
+                keys = [_key(room, "seq"), _key(room, "log"), _key(room, "epoch")]
+                args = [epoch, feed.last, secrets.token_urlsafe(9), META_TTL_MS]
+                reply = await client.eval(scripts.ROLLBACK, len(keys), *keys, *args)
+                seq, epoch = int(reply[0]), reply[1]
+            if epoch != feed.epoch:  # Redis lost the room: its offsets started again
+                # (what the new epoch holds already went out while this node was away: its
+                # members were members all along, so they get it, from the stream)
+                feed.epoch, feed.last = epoch, 0
                 feed.pending.clear()
-            elif feed.last < seq:
+            if feed.last < seq:
                 self.spawn(self._fill(feed, seq))
 
     async def _heartbeat(self) -> None:

@@ -149,7 +149,10 @@ class Bus:
     @property
     def reachable(self) -> bool:
         """False when both the subscription and the last commands failed: a call would fail
-        too (while only the subscription reconnects, commands still work)."""
+        too (while only the subscription reconnects, commands still work). After such an
+        outage it stays false until ``on_connect`` ran, even when some command (a heartbeat)
+        got through first: a Redis that came back may have lost data the node must notice
+        before it takes new publishes."""
         return self.problem is None or self._commands_ok
 
     @property
@@ -229,7 +232,8 @@ class Bus:
             finally:
                 for _ in batch:
                     queue.task_done()
-            self._commands_ok = True
+            if self.problem is None:  # (else the listener's resync says so: see reachable)
+                self._commands_ok = True
             for (_, future), reply in zip(live, replies, strict=True):
                 if future is None or future.done():
                     if isinstance(reply, Exception):

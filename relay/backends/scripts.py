@@ -262,6 +262,21 @@ return kept
 """
 )
 
+#: KEYS seq, log, epoch; ARGV the epoch a node follows, the offset it delivered last, new
+#: epoch, meta ttl ms. A Redis that came back behind what a node delivered in the same epoch
+#: (restored from an older snapshot) would hand out those offsets again: the room's data is
+#: dropped and its epoch made new, once (a node that comes later finds the epoch changed).
+#: Returns {last offset, epoch}.
+ROLLBACK = """
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+if redis.call('GET', KEYS[3]) == ARGV[1] and seq < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+  seq = 0
+end
+return {seq, redis.call('GET', KEYS[3])}
+"""
+
 #: KEYS the user's hash (sid -> node, or ``=`` for a connection not live: see ``relay:held``),
 #: relay:held; ARGV this node, packet, most packets and bytes of a saved session. Publishes to
 #: every other node holding some of the user's live connections ``"<sid>,<sid> <packet>"``;

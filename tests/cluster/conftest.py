@@ -18,19 +18,26 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 class RedisServer:
-    """``redis-server`` on a free port, without persistence: stopped, it restarts empty."""
+    """``redis-server`` on a free port, without persistence: stopped, it restarts empty.
 
-    def __init__(self, directory: Path) -> None:
+    With ``appendonly`` it writes every change to its append-only file in ``directory`` before
+    answering (``appendfsync always``): killed, it restarts with its data, unless :meth:`wipe`
+    removed it meanwhile.
+    """
+
+    def __init__(self, directory: Path, appendonly: bool = False) -> None:
         self.port = free_port()
         self.directory = directory
+        self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10) -> None:
         assert self.proc is None or self.proc.poll() is not None
+        aof = ["yes", "--appendfsync", "always"] if self.appendonly else ["no"]
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
+             "--appendonly", *aof, "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -49,9 +56,26 @@ class RedisServer:
         raise RuntimeError("redis-server did not answer PING")
 
     def stop(self) -> None:
+        """SIGKILL: no chance to save anything on the way out."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+    def wipe(self) -> None:
+        """Remove what a stopped server saved: it restarts empty."""
+        assert self.proc is None or self.proc.poll() is not None
+        shutil.rmtree(self.directory / "appendonlydir", ignore_errors=True)
+        (self.directory / "dump.rdb").unlink(missing_ok=True)
+
+    def copy_data(self, to: Path) -> None:
+        """Copy what the running server saved so far (its append-only files) to ``to``."""
+        shutil.copytree(self.directory / "appendonlydir", to)
+
+    def restore_data(self, copy: Path) -> None:
+        """Put an older :meth:`copy_data` back in place of what a stopped server saved: it
+        restarts as a Redis restored from a backup, or from its last snapshot after a crash."""
+        self.wipe()
+        shutil.copytree(copy, self.directory / "appendonlydir")
 
 
 @pytest.fixture
