@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from relay.backends import scripts  # noqa: E402
+from relay.backends.cluster import HISTORY_BYTES, HISTORY_TOTAL, KEPT  # noqa: E402
 from relay.backends.redis import Bus, connect  # noqa: E402
+from relay.settings import Settings  # noqa: E402
 
 try:  # relay serve runs on uvloop where it is installed: measure on the same loop
     from uvloop import run
@@ -43,7 +45,10 @@ except ImportError:  # pragma: no cover
     from asyncio import run
 
 ROOM = "bench"
+#: what ClusterRelay._publish passes the script, with the default settings
 KEYS = [f"relay:{{{ROOM}}}:{what}" for what in ("seq", "log", "epoch")]
+KEYS += [KEPT, HISTORY_BYTES, HISTORY_TOTAL]
+DEFAULTS = Settings()
 CHANNEL = f"relay:{{{ROOM}}}:ch"
 HEAD, TAIL = '2["message",{"room":"bench","offset":', ',"data":"' + "x" * 200 + '"}]'
 #: between two publishes: a publish every half millisecond, each its own round trip
@@ -56,7 +61,21 @@ def cpu_s() -> float:
 
 
 def args_for(i: int) -> list[object]:
-    return [HEAD, TAIL, "epoch", 100, 60_000, 86_400_000, CHANNEL, i, "bench-node", "-"]
+    return [
+        HEAD,
+        TAIL,
+        "epoch",
+        DEFAULTS.history_size,
+        int(DEFAULTS.history_ttl * 1000),
+        86_400_000,
+        CHANNEL,
+        i,
+        "bench-node",
+        "-",
+        ROOM,
+        DEFAULTS.max_rooms,
+        DEFAULTS.history_max_bytes,
+    ]
 
 
 async def through_bus(url: str, count: int) -> float:
