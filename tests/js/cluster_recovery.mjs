@@ -9,9 +9,7 @@
 // balancer would send it). The script prints one JSON line of what the clients saw and exits
 // 0; pytest asserts on it (tests/cluster/test_recovery.py). Every wait has a deadline.
 
-import { io } from "socket.io-client";
-
-import { Expected, runScenario } from "./harness.mjs";
+import { Expected, RecordingClient, runScenario } from "./harness.mjs";
 
 const WAIT_MS = 10000;
 const TOTAL_MS = 40000;
@@ -28,91 +26,11 @@ function fail(message) {
   process.exit(1);
 }
 
-/** A socket that records every event (and every connect/disconnect) in arrival order. */
-class Client {
+/** A recording client of this script's transport (harness.mjs), on the node at `url`. */
+class Client extends RecordingClient {
   constructor(label, url, user, { reconnection = false } = {}) {
-    this.label = label;
-    clients.push(this);
-    this.log = [];
-    this.waiters = [];
-    this.socket = io(url, {
-      forceNew: true,
-      transports: [transport],
-      auth: { user },
-      timeout: WAIT_MS,
-      reconnection,
-      reconnectionDelay: 50,
-      reconnectionDelayMax: 200,
-      randomizationFactor: 0,
-    });
-    sockets.push(this.socket);
-    const record = (entry) => {
-      this.log.push(entry);
-      this.waiters = this.waiters.filter((w) => !w());
-    };
-    this.socket.onAny((event, ...args) => record({ event, args }));
-    this.socket.on("connect", () =>
-      record({ lifecycle: "connect", sid: this.socket.id, recovered: this.socket.recovered }),
-    );
-    this.socket.on("disconnect", (reason) => record({ lifecycle: "disconnect", reason }));
-    this.socket.on("connect_error", (err) => record({ lifecycle: "connect_error", err: err.message }));
-  }
-
-  /** Resolve with the first log entry from index `from` on that matches. */
-  waitFor(what, match, from = 0) {
-    return new Promise((resolve, reject) => {
-      let timer;
-      const check = () => {
-        const found = this.log.slice(from).find(match);
-        if (found === undefined) return false;
-        clearTimeout(timer);
-        resolve(found);
-        return true;
-      };
-      if (check()) return;
-      timer = setTimeout(
-        () => reject(new Expected(`${this.label}: no ${what} within ${WAIT_MS} ms`)),
-        WAIT_MS,
-      );
-      this.waiters.push(check);
-    });
-  }
-
-  connected(from = 0) {
-    return this.waitFor("connect", (e) => e.lifecycle === "connect", from);
-  }
-
-  disconnected(from = 0) {
-    return this.waitFor("disconnect", (e) => e.lifecycle === "disconnect", from);
-  }
-
-  presence(action, sid, from = 0) {
-    return this.waitFor(
-      `presence ${action} of ${sid}`,
-      (e) => e.event === "presence" && e.args[0].action === action && e.args[0].member.sid === sid,
-      from,
-    );
-  }
-
-  /** The envelope data of every message-like event (not presence) from index `from` on. */
-  received(from = 0) {
-    return this.log
-      .slice(from)
-      .filter((e) => e.event !== undefined && e.event !== "presence")
-      .map((e) => ({ event: e.event, data: e.args[0].data, offset: e.args[0].offset }));
-  }
-
-  gotAll(count, from) {
-    return this.waitFor(`${count} messages`, () => this.received(from).length >= count, from);
-  }
-
-  call(event, payload) {
-    return this.socket
-      .timeout(WAIT_MS)
-      .emitWithAck(event, payload)
-      .catch((err) => {
-        throw new Expected(`${this.label}: no ack for ${event} (${err.message})`);
-      });
+    const delayMax = 200;
+    super({ label, url, user, transport, waitMs: WAIT_MS, clients, sockets, reconnection, delayMax });
   }
 
   /** Point the manager's next (re)connection at `url`. */
