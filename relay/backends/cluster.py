@@ -502,11 +502,15 @@ class ClusterRelay(Relay):
         sid = member.sid
         feed = self._feed(room)
         feed.joining += 1
+        #: Redis lists the connection as a member, and this node does not yet: a join that
+        #: fails from here on takes it out again (no ghost member, counted and listed)
+        listed = False
         try:
             await self.bus.subscribe(_key(room, "ch"))
             already = room in member.rooms
             asked = -1 if since is None or already else since
             reply = await self._call_join(room, asked, member, epoch)
+            listed = not already
             seq, current, first, count = int(reply[0]), reply[1], int(reply[2]), int(reply[3])
             used, occupies = int(reply[5]), bool(reply[6])
             self._anchor(feed, seq, current)
@@ -532,7 +536,8 @@ class ClusterRelay(Relay):
                     replay.extend(await self._read(room, upto, target))
                     upto = target
             if self.registry.get(sid) is not member:
-                if not already:
+                if listed:
+                    listed = False
                     await self._remove_member(room, sid, member.user, report=False)
                 raise BadRequest("the connection closed while joining")
             ack: dict[str, Any] = {"ok": True, "room": room}
@@ -546,6 +551,7 @@ class ClusterRelay(Relay):
                     ack["recovered"] = since + 1 >= first
                 else:
                     ack["recovered"] = since >= seq
+            listed = False  # (a member here too now: its leave or disconnect removes it)
             if self.registry.join(sid, room):
                 self._announce(room, "join", member)
                 if self.hooks is not None:
@@ -557,6 +563,8 @@ class ClusterRelay(Relay):
             ack["members"] = count
             return ack
         finally:
+            if listed:  # (failed after Redis made it a member: Unavailable, or cancelled)
+                self._membership_task(self._remove_member(room, sid, member.user, report=False))
             feed.joining -= 1
             self._maybe_unfollow(room)
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
+
 from relay.backends import make_relay
 from relay.backends.cluster import ClusterRelay
 from relay.backends.redis import connect, describe
+from relay.core.deferred import Deferred
 from relay.core.service import Relay
+from relay.errors import Unavailable
 from relay.settings import Settings
+from tests.cluster.conftest import RedisServer
+from tests.conftest import wait_for
 
 
 class Recorder:
@@ -84,3 +90,39 @@ async def test_a_feed_delivers_in_offset_order_once_and_restarts_with_the_epoch(
     assert transport.sent[-1][1] == "q1"
     for task in list(relay._tasks):
         task.cancel()
+
+
+async def test_a_join_that_fails_after_redis_listed_the_member_takes_it_out(
+    redis_server: RedisServer,
+) -> None:
+    # Redis failing at the one instant between the join's script (which lists the member) and
+    # the node making it a member cannot be timed from outside: the fault is raised there
+    relay = ClusterRelay(Settings(redis_url=redis_server.url), Recorder())
+    await relay.start()
+    client = connect(redis_server.url, True)
+    members = "relay:{flaky}:members"
+    try:
+        relay.connect("s1", "e1", "alice")
+        anchor = relay._anchor
+
+        def fail_once(*args: Any) -> None:
+            relay._anchor = anchor  # type: ignore[method-assign]
+            raise Unavailable("Redis went away mid-join")
+
+        relay._anchor = fail_once  # type: ignore[method-assign]
+        with pytest.raises(Deferred) as later:
+            relay.join("s1", "flaky", None)
+        with pytest.raises(Unavailable):
+            await later.value.task
+        assert "flaky" not in relay.registry.get("s1").rooms  # type: ignore[union-attr]
+        await wait_for(lambda: relay._membership == set(), timeout=5)
+        assert await client.hlen(members) == 0  # not a ghost member of the room
+        assert await client.zscore("relay:rooms", "flaky") is None  # nor a room with members
+        # the next join works, and lists it once
+        with pytest.raises(Deferred) as later:
+            relay.join("s1", "flaky", None)
+        ack = await later.value.task
+        assert ack["ok"] and ack["members"] == 1 and await client.hlen(members) == 1
+    finally:
+        await client.aclose()
+        await relay.stop()
