@@ -244,8 +244,9 @@ def _cpu_row(name: str, run: int, report: dict[str, Any], used: float) -> dict[s
 
 def workers(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    ramp = [*LOAD, "--rate", "200", "--ramp", "--ramp-factor", "1.3", "--ramp-steps", "10",
-            "--duration", "5", "--max-p99-ms", "250"]  # fmt: skip
+    ramp = [*LOAD, "--rate", "200", "--ramp", "--ramp-factor", "1.3",
+            "--ramp-steps", str(args.ramp_steps), "--duration", "5",
+            "--max-p99-ms", "250"]  # fmt: skip
     redis = Redis()
     try:
         redis.start()
@@ -325,6 +326,12 @@ def main() -> None:
         type=int,
         default=10,
         help="rooms the 1,000 clients share (cpu): 10 = rooms of 100",
+    )
+    parser.add_argument(
+        "--ramp-steps",
+        type=int,
+        default=16,
+        help="workers: steps of the ramp from 200 publishes/s, x1.3 each (16: to about 10,000/s)",
     )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
