@@ -180,13 +180,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:
-    """Poll ``predicate()`` until true or fail after ``timeout`` seconds."""
+async def wait_for(
+    predicate: Any, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"
+) -> None:
+    """Poll ``predicate()`` until true or fail after ``timeout`` seconds (naming ``what``)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"{what} not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def poll(check: Any, timeout: float, what: str) -> Any:
+    """``await check()`` until it returns something true, and return that; fail after
+    ``timeout`` seconds (naming ``what``)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.05)
 
 
 def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:

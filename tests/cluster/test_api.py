@@ -12,7 +12,7 @@ import jsonschema_rs
 
 from relay import __version__, apispec
 from tests.cluster.conftest import Nodes
-from tests.cluster.test_faults import poll
+from tests.conftest import poll
 from tests.relay.conftest import Peers, unique
 
 DOCUMENT = apispec.openapi(__version__)

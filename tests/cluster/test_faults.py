@@ -13,24 +13,13 @@ import redis
 
 from relay.backends import scripts
 from tests.cluster.conftest import Nodes
+from tests.conftest import poll
 from tests.relay.conftest import Peers, unique
 
 
 async def health(url: str) -> httpx.Response:
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         return await http.get("/healthz")
-
-
-async def poll(check: Any, timeout: float, what: str) -> Any:
-    """``await check()`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 async def test_redis_down_is_unavailable_and_back_is_healthy_with_a_new_epoch(

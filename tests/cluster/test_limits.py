@@ -6,7 +6,7 @@ import httpx
 import redis
 
 from tests.cluster.conftest import Nodes
-from tests.cluster.test_faults import poll
+from tests.conftest import poll
 from tests.relay.conftest import Peers, unique
 
 

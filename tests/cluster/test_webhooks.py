@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
-from collections.abc import Callable
 
 from tests.cluster.conftest import Nodes
+from tests.conftest import wait_for
 from tests.hooks.receiver import SECRET, receiving
 from tests.relay.conftest import Peers, unique
 
@@ -37,10 +36,7 @@ async def test_a_cluster_publish_is_reported_once_with_its_offset(
         await alice.ok("publish", {"room": room, "event": "other", "data": 9})
         for ack in acks:  # the publishes crossed the cluster, as without webhooks
             await bob.until(lambda e, env, o=ack["offset"]: e == "chat.msg" and env["offset"] == o)
-        deadline = time.monotonic() + 10
-        while len(receiver.named("publish")) < 3:
-            assert time.monotonic() < deadline, receiver.named("publish")
-            await bob.sio.sleep(0.02)
+        await wait_for(lambda: len(receiver.named("publish")) >= 3, what="3 publishes reported")
         published = receiver.named("publish")
         assert [(p["sid"], p["event"], p["offset"]) for p in published] == [
             (alice.sid, "chat.msg", ack["offset"]) for ack in acks
@@ -80,16 +76,18 @@ async def test_each_event_is_reported_once_by_one_node_and_rooms_once_cluster_wi
 
         carol_sid = carol.sid
         # (what carol's node reported must have arrived before it dies)
-        await wait_until(lambda: seen("room_occupied", alone) != [], "alone occupied")
+        await wait_for(lambda: seen("room_occupied", alone) != [], 15, what="alone occupied")
         c.stop(signal.SIGKILL)  # carol's node dies: she leaves both rooms, alone is vacated
 
-        await wait_until(lambda: len(seen("room_vacated", shared)) >= 1, "shared vacated")
-        await wait_until(lambda: len(seen("room_vacated", alone)) >= 1, "alone vacated")
-        await wait_until(lambda: len(seen("disconnect")) >= 1, "carol's disconnect")
+        await wait_for(lambda: len(seen("room_vacated", shared)) >= 1, 15, what="shared vacated")
+        await wait_for(lambda: len(seen("room_vacated", alone)) >= 1, 15, what="alone vacated")
+        await wait_for(lambda: len(seen("disconnect")) >= 1, 15, what="carol's disconnect")
         # a marker from each living node: what each of them reported before it has arrived
         markers = [await clients(url=node.url, user="marker") for node in (a, b)]
-        await wait_until(
-            lambda: {m.sid for m in markers} <= {sid for sid, _ in seen("connect")}, "markers"
+        await wait_for(
+            lambda: {m.sid for m in markers} <= {sid for sid, _ in seen("connect")},
+            15,
+            what="markers",
         )
 
         assert sorted(seen("room_occupied", shared)) in (
@@ -124,15 +122,8 @@ async def test_each_event_is_reported_once_by_one_node_and_rooms_once_cluster_wi
         last = unique()
         alice_sid = alice.sid
         await alice.ok("join", {"room": last})
-        await wait_until(lambda: seen("room_occupied", last) != [], "last occupied")
+        await wait_for(lambda: seen("room_occupied", last) != [], 15, what="last occupied")
         assert a.stop() == 0
         assert seen("leave", last) == [(alice_sid, last)]
         assert seen("room_vacated", last) == [(alice_sid, last)]
         assert (alice_sid, None) in seen("disconnect")
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        await asyncio.sleep(0.02)
