@@ -9,8 +9,10 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.hooks.receiver import serving
 
 #: what ``decide`` returns: (status, body bytes), or "hang" (no answer until released)
 Answer = tuple[int, bytes] | str
@@ -72,15 +74,6 @@ def backend(decide: Callable[[dict[str, Any]], Answer]) -> Iterator[Backend]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="hook-backend", daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/connect"
-    try:
+    with serving(Handler, "hook-backend", state.release) as port:
+        state.url = f"http://127.0.0.1:{port}/connect"
         yield state
-    finally:
-        state.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

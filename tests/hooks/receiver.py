@@ -103,15 +103,25 @@ def receiving(script: list[int | str] | None = None, secret: str = SECRET) -> It
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="webhook-receiver", daemon=True)
-    thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
-    try:
+    with serving(Handler, "webhook-receiver", receiver.release) as port:
+        receiver.url = f"http://127.0.0.1:{port}/hooks"
         yield receiver
+
+
+@contextlib.contextmanager
+def serving(
+    handler: type[BaseHTTPRequestHandler], name: str, release: threading.Event
+) -> Iterator[int]:
+    """``handler`` served on a free 127.0.0.1 port (yielded) by a thread; at the end ``release``
+    is set (for a handler holding a request until it is), and the server is shut down."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
     finally:
-        receiver.release.set()
+        release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
