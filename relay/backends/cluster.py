@@ -715,6 +715,8 @@ class ClusterRelay(Relay):
             # else a direct message
             if data.startswith(HANDOVER_CONTROL):
                 self.handover.control(data)
+            elif data[0] in "?!":
+                self._on_question(data)
             else:
                 self._on_direct(data)
             return
@@ -856,9 +858,6 @@ class ClusterRelay(Relay):
         return {"ok": True, "id": message.id, "delivered": local + remote}
 
     def _on_direct(self, data: str) -> None:
-        if data[0] in "?!":  # (no sid starts so: a question from another node, or an answer)
-            self._on_question(data)
-            return
         sids, _, packet = data.partition(" ")
         registry, transport = self.registry, self.transport
         for sid in sids.split(","):
