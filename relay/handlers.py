@@ -142,7 +142,12 @@ class Admission:
     """One accepted connection on "/": new, or taking over a dropped one (relay.core.recovery)."""
 
     def __init__(
-        self, relay: Relay, identity: Identity, session: Session | None, lookup: str | None = None
+        self,
+        relay: Relay,
+        identity: Identity,
+        session: Session | None,
+        lookup: str | None = None,
+        reserve: bool = False,
     ) -> None:
         self.relay = relay
         self.identity = identity
@@ -151,10 +156,25 @@ class Admission:
         self.eio_sid = ""
         #: a pid to look for on other nodes (relay.backends.handover) before connecting
         self.lookup = lookup
+        #: a new connection's sid is to be registered cluster-wide before connecting
+        #: (Relay.reserve), and ``reserved`` once it is
+        self.reserve = reserve and session is None
+        self.reserved = False
+        #: whether ``settle`` must be awaited before the CONNECT is answered
+        self.waits = lookup is not None or self.reserve
 
     async def settle(self) -> None:
-        """Look for the session ``lookup`` names elsewhere (a cluster backend)."""
+        """Look for the session ``lookup`` names elsewhere, then (a new connection, on a backend
+        that reserves sids) register the new sid where other processes look for it."""
         pid, self.lookup = self.lookup, None
+        if pid is not None:
+            await self._fetch(pid)
+        if self.reserve and self.session is None:
+            self.reserve = False
+            self.sid = await self.relay.reserve(self.identity.user)
+            self.reserved = True
+
+    async def _fetch(self, pid: str) -> None:
         session = await self.relay.fetch_session(pid, self.identity)
         if session is None:
             return
@@ -164,16 +184,23 @@ class Admission:
         self.session, self.sid = session, session.sid
 
     def cancel(self) -> None:
-        """The connection went before it was admitted: its session stays recoverable."""
+        """The connection went (or was refused) before it was admitted: its session stays
+        recoverable, and a reserved sid is given up."""
         if self.session is not None:
             self.relay.abandon(self.session)
             self.session = None
+        if self.reserved:
+            self.reserved = False
+            assert self.sid is not None
+            self.relay.release(self.sid, self.identity.user)
 
     def before_connect(self, sid: str, eio_sid: str) -> dict[str, Any]:
         relay, session = self.relay, self.session
         if session is not None and session.sid != sid:
             relay.abandon(session)
             self.session = session = None  # its sid was taken after all: a new connection
+        if self.reserved and sid != self.sid:  # (the same: a new sid is registered as usual)
+            self.cancel()
         if session is None:
             relay.connect(sid, eio_sid, self.identity.user, self.identity)
             pid = relay.recovery.pid_of(sid)
@@ -186,6 +213,9 @@ class Admission:
         if self.session is not None:
             self.relay.resume(self.session, self.eio_sid, self.identity)
             log.debug("%s recovered", self.session.sid)
+        elif self.reserved:
+            assert self.sid is not None
+            self.relay.admitted(self.sid)
 
 
 def admission(relay: Relay, identity: Identity, auth: Any) -> Admission:
@@ -196,7 +226,7 @@ def admission(relay: Relay, identity: Identity, auth: Any) -> Admission:
     lookup = None
     if session is None and relay.moves_sessions and isinstance(pid, str):
         lookup = pid
-    return Admission(relay, identity, session, lookup)
+    return Admission(relay, identity, session, lookup, relay.reserves_sids)
 
 
 def gate(relay: Relay, auth: Any) -> Admission:

@@ -33,7 +33,10 @@ in :mod:`relay.backends.scripts`.
 - **Unicast**: ``relay:conns`` maps every sid to its node (and user), ``relay:user:{user}`` a
   user's sids to their nodes; a message for another node goes on its channel,
   ``relay:node:<id>``, once per node, with the sids it is for. ``delivered`` counts the
-  connections on nodes that heard it.
+  connections on nodes that heard it. A new connection's sid is written there (and Redis has
+  answered) before its CONNECT is answered (:meth:`ClusterRelay.reserve`): once a client knows
+  it is connected, a direct from any node reaches it; one that comes while the CONNECT is
+  still unanswered waits for it (an :class:`Arriving`).
 - **Presence**: ``relay:{room}:members`` maps sids to members (with their node), so counts and
   lists are cluster-wide; presence events travel on the room channel, outside the order.
 - **Nodes** refresh a heartbeat key every third of ``RELAY_NODE_TIMEOUT``; a node that finds
@@ -155,11 +158,25 @@ class Feed:
     filling: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+class Arriving:
+    """Direct messages that came for a reserved sid before its CONNECT was answered."""
+
+    __slots__ = ("confirmed", "packets", "size", "user")
+
+    def __init__(self, user: str | None) -> None:
+        self.user = user
+        #: Redis answered the sid's registration (else connecting writes it again)
+        self.confirmed = False
+        self.packets: list[str] = []
+        self.size = 0
+
+
 class ClusterRelay(Relay):
     """The relay core on Redis: see the module's docstring."""
 
     backend = "Redis cluster"
     moves_sessions = True
+    reserves_sids = True
 
     def __init__(self, settings: Settings, transport: Transport) -> None:
         super().__init__(settings, transport)
@@ -179,6 +196,8 @@ class ClusterRelay(Relay):
         #: questions asked to other nodes (see _ask), by number
         self._asked: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._asks = itertools.count(1)
+        #: reserved sids whose CONNECT is not answered yet (reserve, admitted)
+        self._arriving: dict[str, Arriving] = {}
         self.feeds: dict[str, Feed] = {}
         #: (sid, room) -> the join of it under way
         self._joins: dict[tuple[str, str], asyncio.Task[Any]] = {}
@@ -273,8 +292,46 @@ class ClusterRelay(Relay):
         self, sid: str, eio_sid: str, user: str | None, identity: Identity | None = None
     ) -> Member:
         member = super().connect(sid, eio_sid, user, identity)
-        self._write_connection(member)
+        arriving = self._arriving.get(sid)
+        if arriving is None or not arriving.confirmed:
+            self._write_connection(member)
         return member
+
+    async def reserve(self, user: str | None) -> str:
+        """A new sid, written to ``relay:conns`` (and the user's hash) before its CONNECT is
+        answered, so a direct from any node counts and reaches it once its client knows it
+        is connected. While Redis is unavailable it is not waited for: connecting writes it,
+        and the node writes all its connections again when Redis is back."""
+        sid = secrets.token_urlsafe(12)
+        if not self.bus.reachable:
+            return sid
+        arriving = self._arriving[sid] = Arriving(user)
+        bus, node = self.bus, self.node
+        bus.send(lambda pipe: pipe.sadd(f"relay:node:{node}:sids", sid))
+        if user is not None:
+            bus.send(lambda pipe: pipe.hset(f"relay:user:{user}", sid, node))
+        try:  # (the writer sends in order: its answer is the answer to all three)
+            await bus.ask(lambda pipe: pipe.hset(CONNS, sid, f"{node} {user or ''}"))
+        except Unavailable:
+            pass  # (written again when connecting)
+        else:
+            arriving.confirmed = True
+        return sid
+
+    def release(self, sid: str, user: str | None) -> None:
+        if self._arriving.pop(sid, None) is None:
+            return
+        bus, node = self.bus, self.node
+        bus.send(lambda pipe: pipe.hdel(CONNS, sid))
+        bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:sids", sid))
+        if user is not None:
+            bus.send(lambda pipe: pipe.hdel(f"relay:user:{user}", sid))
+
+    def admitted(self, sid: str) -> None:
+        arriving = self._arriving.pop(sid, None)
+        if arriving is not None:
+            for packet in arriving.packets:
+                self.transport.send(sid, packet)
 
     def _write_connection(self, member: Member) -> None:
         sid, user, node = member.sid, member.user, self.node
@@ -859,12 +916,28 @@ class ClusterRelay(Relay):
 
     def _on_direct(self, data: str) -> None:
         sids, _, packet = data.partition(" ")
-        registry, transport = self.registry, self.transport
+        registry, transport, arriving = self.registry, self.transport, self._arriving
         for sid in sids.split(","):
-            if registry.get(sid) is not None:
+            if arriving and sid in arriving:  # (its CONNECT is not answered yet)
+                self._hold_arriving(sid, arriving[sid], packet)
+            elif registry.get(sid) is not None:
                 transport.send(sid, packet)
             elif not self.recovery.to_sid(sid, packet):  # (a session waiting here collects it)
                 self.handover.direct(sid, packet)  # (or one on its way here)
+
+    def _hold_arriving(self, sid: str, arriving: Arriving, packet: str) -> None:
+        """Keep ``packet`` for ``sid`` until its CONNECT is answered (a window of at most one
+        Redis call), within a recovered session's bounds: past them the client would be too
+        slow for its own buffer, and what does not fit is dropped (and logged)."""
+        size = len(packet)
+        if (
+            len(arriving.packets) >= self.recovery.max_packets
+            or arriving.size + size > self.settings.max_buffer
+        ):
+            log.warning("%s: a direct message that came before its CONNECT was dropped", sid)
+            return
+        arriving.packets.append(packet)
+        arriving.size += size
 
     # -- the HTTP API across nodes: rooms, and connections held by other nodes -----------------
 
@@ -960,11 +1033,14 @@ class ClusterRelay(Relay):
         node = self.node
         pipe.set(f"relay:node:{node}:alive", "1", px=int(self.settings.node_timeout * 1000))
         pipe.sadd(NODES, node)
-        for sid, member in self.registry.items():
-            pipe.hset(CONNS, sid, f"{node} {member.user or ''}")
+        connections = [(sid, member.user) for sid, member in self.registry.items()]
+        connections += [(sid, arriving.user) for sid, arriving in self._arriving.items()]
+        for sid, user in connections:
+            pipe.hset(CONNS, sid, f"{node} {user or ''}")
             pipe.sadd(f"relay:node:{node}:sids", sid)
-            if member.user is not None:
-                pipe.hset(f"relay:user:{member.user}", sid, node)
+            if user is not None:
+                pipe.hset(f"relay:user:{user}", sid, node)
+        for sid, member in self.registry.items():
             for room in member.rooms:
                 pipe.hset(_key(room, "members"), sid, self._member_json(member))
                 pipe.zadd(ROOMS, {room: 0})

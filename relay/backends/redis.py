@@ -267,9 +267,7 @@ class Bus:
         lost them (a restart) answers NOSCRIPT without running anything, so those are loaded
         and run again."""
         if not self._loaded:
-            for script in self._scripts:
-                await self.client.script_load(script.source)
-            self._loaded = True
+            await self._load_scripts()
         pipe = self.client.pipeline(transaction=False)
         for apply in applies:
             apply(pipe)
@@ -277,15 +275,22 @@ class Bus:
         again = [i for i, reply in enumerate(replies) if _noscript(reply)]
         if again:
             self._loaded = False
-            for script in self._scripts:
-                await self.client.script_load(script.source)
-            self._loaded = True
+            await self._load_scripts()
             pipe = self.client.pipeline(transaction=False)
             for i in again:
                 applies[i](pipe)
             for i, reply in zip(again, await pipe.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
         return replies
+
+    async def _load_scripts(self) -> None:
+        """Load every script in one round trip (one each would take as many: on a Redis far
+        away, more than a call may wait)."""
+        pipe = self.client.pipeline(transaction=False)
+        for script in self._scripts:
+            pipe.script_load(script.source)
+        await pipe.execute()
+        self._loaded = True
 
     # -- subscriptions -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from time import perf_counter
@@ -154,6 +155,22 @@ class Relay:
     async def fetch_session(self, pid: Any, identity: Identity) -> Session | None:
         """The session ``pid`` names, brought from another process, if this backend can."""
         return None
+
+    #: whether a new connection's sid is registered beyond this process before its CONNECT is
+    #: answered (:meth:`reserve`), so that once its client hears it is connected, any process
+    #: can reach it (a cluster backend: relay.backends)
+    reserves_sids = False
+
+    async def reserve(self, user: str | None) -> str:
+        """A new sid for a connection of ``user``, registered where other processes look."""
+        return secrets.token_urlsafe(12)
+
+    def release(self, sid: str, user: str | None) -> None:
+        """A sid from :meth:`reserve` whose connection went before it was connected."""
+
+    def admitted(self, sid: str) -> None:
+        """The CONNECT answer of a sid from :meth:`reserve` is out: what came for it meanwhile
+        may follow."""
 
     def abandon(self, session: Session) -> None:
         """A reconnect did not take ``session`` over after all: it may be found again."""

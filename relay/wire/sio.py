@@ -21,8 +21,9 @@ word); a session that is closing accepts no CONNECT; and a session left without 
 (a DISCONNECT from either side) is handed to the Engine.IO layer's connect timeout.
 
 A CONNECT on "/" is admitted by a gate (relay.handlers), without awaiting on relay's websocket
-path; an admission whose session must be looked for in other processes first (``lookup``:
-cluster mode, relay.backends.handover) is finished in a task, and the CONNECT is answered then.
+path; an admission that must first look for its session in other processes, or register its
+new sid where they look (``waits``: cluster mode, relay.backends), is finished in a task, and
+the CONNECT is answered then.
 """
 
 from __future__ import annotations
@@ -61,15 +62,16 @@ class Admission(Protocol):
 
     #: the sid of the dropped connection it takes over, or None for a new sid
     sid: str | None
-    #: a session to look for in other processes first (``settle``), or None
-    lookup: str | None
+    #: whether ``settle`` must be awaited before the CONNECT is answered
+    waits: bool
 
     async def settle(self) -> None:
-        """Look for the ``lookup`` session (it may set ``sid``)."""
+        """What must be done before the CONNECT is answered (it may set ``sid``)."""
         ...
 
     def cancel(self) -> None:
-        """The Engine.IO session went while ``settle`` was awaited."""
+        """The Engine.IO session went while ``settle`` was awaited, or the CONNECT was refused
+        after it."""
         ...
 
     def before_connect(self, sid: str, eio_sid: str) -> dict[str, Any]:
@@ -247,7 +249,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             refused = self.packet_class(sio_packet.CONNECT_ERROR, data=exc.error_args)
             await self._send_packet(eio_sid, refused)
             return
-        if admission.lookup is not None:
+        if admission.waits:
             await admission.settle()
             if not self._session_open(eio_sid):
                 admission.cancel()
@@ -255,8 +257,8 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         await self._admit(eio_sid, admission)
 
     async def _connect_later(self, eio_sid: str, admission: Admission) -> None:
-        """The rest of ``_connect_now`` for a connection whose session is looked for
-        elsewhere first (its CONNECT is answered once that is done)."""
+        """The rest of ``_connect_now`` for an admission that ``waits`` (its CONNECT is
+        answered once it is settled)."""
         await admission.settle()
         if not self._session_open(eio_sid):
             admission.cancel()
@@ -276,6 +278,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         if sid is None:
             sid = await manager.pre_connect(eio_sid, "/")
         if sid is None:  # this Engine.IO session is already connected to "/"
+            admission.cancel()
             bad = self.packet_class(sio_packet.CONNECT_ERROR, data="Unable to connect")
             await self._send_packet(eio_sid, bad)
             return
@@ -445,7 +448,7 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         except socketio.exceptions.ConnectionRefusedError as exc:
             fast.write_frame(text_frame(b"44" + orjson.dumps(exc.error_args)))
             return True
-        if admission.lookup is not None:  # (a cluster node asks Redis first: awaited)
+        if admission.waits:  # (a cluster node asks Redis first: awaited)
             task = asyncio.get_running_loop().create_task(self._connect_later(eio_sid, admission))
             self._connecting.add(task)
             task.add_done_callback(self._connect_done)

@@ -1,4 +1,5 @@
-"""A private ``redis-server`` and ``relay serve`` nodes pointing at it, each a subprocess."""
+"""A private ``redis-server``, ``relay serve`` nodes pointing at it (each a subprocess), and a
+transport that records what an in-process node sends."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,34 @@ class RedisServer:
         restarts as a Redis restored from a backup, or from its last snapshot after a crash."""
         self.wipe()
         shutil.copytree(copy, self.directory / "appendonlydir")
+
+
+class Recorder:
+    """A transport that records what it was given to send: to rooms (``sent``), and to
+    single connections (``unicast``), in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str | None]] = []
+        self.unicast: list[tuple[str, str]] = []
+
+    def attach(self, sid: str, eio_sid: str) -> None: ...
+
+    def detach(self, sid: str) -> None: ...
+
+    def send(self, sid: str, packet: str) -> bool:
+        self.unicast.append((sid, packet))
+        return True
+
+    def send_many(self, sids: Iterable[str], packet: str, skip: str | None = None) -> int:
+        return 0
+
+    def send_room(
+        self, room: str, version: int, sids: Iterable[str], packet: str, skip: str | None = None
+    ) -> int:
+        self.sent.append((room, packet, skip))
+        return 1
+
+    def hold_off(self, sid: str, seconds: float) -> None: ...
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -14,33 +13,8 @@ from relay.core.deferred import Deferred
 from relay.core.service import Relay
 from relay.errors import Unavailable
 from relay.settings import Settings
-from tests.cluster.conftest import RedisServer
+from tests.cluster.conftest import Recorder, RedisServer
 from tests.conftest import wait_for
-
-
-class Recorder:
-    """A transport that records what each room was sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, str | None]] = []
-
-    def attach(self, sid: str, eio_sid: str) -> None: ...
-
-    def detach(self, sid: str) -> None: ...
-
-    def send(self, sid: str, packet: str) -> bool:
-        return True
-
-    def send_many(self, sids: Iterable[str], packet: str, skip: str | None = None) -> int:
-        return 0
-
-    def send_room(
-        self, room: str, version: int, sids: Iterable[str], packet: str, skip: str | None = None
-    ) -> int:
-        self.sent.append((room, packet, skip))
-        return 1
-
-    def hold_off(self, sid: str, seconds: float) -> None: ...
 
 
 def test_the_backend_is_chosen_by_redis_url() -> None:
