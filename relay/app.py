@@ -112,10 +112,15 @@ async def drain(sio: socketio.AsyncServer) -> None:
     """Close every Engine.IO session cleanly, so clients reconnect (to this or another node).
 
     Before the first close, ``sio.before_drain`` (relay.handlers) tells the relay core: a
-    cluster node keeps the connections it closes as sessions, saved for other nodes."""
+    cluster node keeps the connections it closes as sessions, saved for other nodes; then
+    ``sio.finish_answers`` waits (bounded) for the acks still on their way: a publish accepted
+    before the shutdown is answered before its connection closes."""
     before = getattr(sio, "before_drain", None)
     if before is not None:
         before()
+    finish = getattr(sio, "finish_answers", None)
+    if finish is not None:
+        await finish()
     sockets = list(sio.eio.sockets.values())
     for sock in sockets:
         with contextlib.suppress(Exception):

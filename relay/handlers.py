@@ -138,6 +138,11 @@ def identify(relay: Relay, auth: Any) -> Identity:
         raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
 
 
+#: the longest a shutdown waits for the answers on their way before it closes the connections
+#: (a third of RELAY_SHUTDOWN_TIMEOUT, if less: the rest is for saving sessions)
+ANSWER_WAIT_S = 5.0
+
+
 class Admission:
     """One accepted connection on "/": new, or taking over a dropped one (relay.core.recovery)."""
 
@@ -309,6 +314,9 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
         # still needs no task on relay's websocket path)
         sio.gate = lambda auth: gate(relay, auth)
     sio.before_drain = relay.move_out  # (relay.app.drain)
+    if isinstance(sio, RelaySocketIO):
+        wait = min(relay.settings.shutdown_timeout / 3, ANSWER_WAIT_S)
+        sio.finish_answers = functools.partial(relay.finish, wait)
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
     if isinstance(sio, RelaySocketIO):

@@ -63,7 +63,11 @@ in :mod:`relay.backends.scripts`.
   publishes, joins and presence are ``unavailable``, and what needs no Redis (a direct to a
   connection on this node, leaving) still works. When it is back the node writes its state
   again and fills its feeds' gaps -- in a new epoch too, from its first offset: what other
-  nodes published before this one was back went out while its members were members.
+  nodes published before this one was back went out while its members were members. It also
+  takes out of Redis what its connections did that Redis did not hear (leaves and
+  disconnects whose writes failed: no ghost members, sids or users), announcing those leaves
+  to the members of other nodes that are subscribed again by then (presence events are not
+  kept: a member that misses one sees the right list from ``presence``).
 - **What a fault may cost** (checked by tests/cluster/test_js_cluster.py): an acked publish
   reaches every member of its room, once, in order. A publish answered ``unavailable`` because
   Redis was known to be down (or refused the connection) was never sent. One answered
@@ -193,6 +197,7 @@ class ClusterRelay(Relay):
         self._leave_script = self.bus.script(scripts.LEAVE)
         self._add_member_script = self.bus.script(scripts.ADD_MEMBER)
         self._counts_script = self.bus.script(scripts.COUNTS)
+        self._forget_script = self.bus.script(scripts.FORGET)
         #: questions asked to other nodes (see _ask), by number
         self._asked: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._asks = itertools.count(1)
@@ -202,6 +207,8 @@ class ClusterRelay(Relay):
         #: (sid, room) -> the join of it under way
         self._joins: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: of those, the ones whose result is an answer (_answering)
+        self._answers: set[asyncio.Task[Any]] = set()
         #: members being removed from (or added to) Redis: shutdown waits for them
         self._membership: set[asyncio.Task[Any]] = set()
         self.reaped = 0
@@ -280,7 +287,25 @@ class ClusterRelay(Relay):
             log.error("cluster task failed", exc_info=exc)
 
     def _later(self, job: Coroutine[Any, Any, Any]) -> Deferred:
-        return Deferred(self.spawn(job))
+        return Deferred(self._answering(self.spawn(job)))
+
+    def _answering(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        """``task``, whose result is an answer (an ack, an API response): shutdown waits for it
+        before it closes the connections (:meth:`finish`)."""
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+        return task
+
+    async def finish(self, timeout: float) -> None:
+        # (new events keep coming until the connections close: wait until none is in flight)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._answers:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("shutting down with %d answers unsent", len(self._answers))
+                return
+            await asyncio.wait(set(self._answers), timeout=left)
 
     def _need_redis(self) -> None:
         if not self.bus.reachable:
@@ -473,10 +498,13 @@ class ClusterRelay(Relay):
         """Remove ``sid`` from the room's members in Redis (queued at once); when it was the
         last one, the room is vacated (reported once: only the script that emptied it says
         so). Await the result: whether it was vacated."""
+        return self._vacated(self._leave_call(room, sid), room, sid, user, report)
+
+    def _leave_call(self, room: str, sid: str) -> Awaitable[Any]:
+        """The LEAVE script for ``sid`` in ``room``, queued at once (its reply: 0 when it was
+        not a member, 1 when the room still has members, 2 when it was the last)."""
         keys = [_key(room, "members"), ROOMS, KEPT, _key(room, "log"), HISTORY_BYTES, HISTORY_TOTAL]
-        return self._vacated(
-            self.bus.ask(self._leave_script.run(keys, [sid, room])), room, sid, user, report
-        )
+        return self.bus.ask(self._leave_script.run(keys, [sid, room]))
 
     async def _vacated(
         self, reply: Awaitable[Any], room: str, sid: str, user: str | None, report: bool
@@ -507,7 +535,8 @@ class ClusterRelay(Relay):
         # a second join of the same room before the first is answered waits for it, and then
         # finds the connection in the room (no second replay), as it would in memory
         key = (sid, room)
-        task = self.spawn(self._join(member, room, since, epoch, self._joins.get(key)))
+        job = self._join(member, room, since, epoch, self._joins.get(key))
+        task = self._answering(self.spawn(job))
         self._joins[key] = task
         task.add_done_callback(
             lambda done: self._joins.pop(key, None) if self._joins.get(key) is done else None
@@ -1082,6 +1111,48 @@ class ClusterRelay(Relay):
                 feed.pending.clear()
             if feed.last < seq:
                 self.spawn(self._fill(feed, seq))
+        self.spawn(self._tidy())
+
+    async def _tidy(self) -> None:
+        """Take out of Redis what this node's connections did while Redis did not hear it
+        (run once Redis is back): the leaves and disconnects whose writes failed left their
+        members, sids and user entries there, listed and counted by every node. (It reads the
+        members of every room this node follows or followed: once per outage.)"""
+        node = self.node
+        registry = self.registry
+        sids = await self._cmd("smembers", f"relay:node:{node}:sids")
+        connected = {sid for sid, _ in registry.items()} | set(self._arriving)
+        held = {session.sid for session in self.recovery.sessions()}
+        keys = [CONNS, HELD, f"relay:node:{node}:sids"]
+        for kind, which in (("held", held), ("gone", set(sids) - held)):
+            forget = sorted(which - connected)
+            if forget:
+                await self.bus.call(self._forget_script.run(keys, [node, kind, *forget]))
+        rooms = set(await self._cmd("smembers", f"relay:node:{node}:rooms")) | set(self.feeds)
+        for room in sorted(rooms):
+            members = await self._cmd("hgetall", _key(room, "members"))
+            for sid, value in members.items():
+                m = orjson.loads(value)
+                if m.get("node") != node or (sid, room) in self._joins:
+                    continue
+                member = registry.get(sid)
+                if member is not None and room in member.rooms:
+                    continue
+                user = m["user"]
+                removed = int(await self._leave_call(room, sid))
+                if not removed:
+                    continue  # (taken out meanwhile, as usual)
+                log.info("%s left %s while Redis was away: taken out now", sid, room)
+                if removed == 2 and self.hooks is not None:
+                    self.hooks.vacated(sid, user, room)
+                packet = envelope.event_packet(
+                    "presence",
+                    {"room": room, "action": "leave", "member": {"sid": sid, "user": user}},
+                )
+                self._publish_event(room, packet, node)  # (its members here heard of it then)
+        stale = [room for room in rooms if room not in self.feeds]
+        if stale:
+            await self._cmd("srem", f"relay:node:{node}:rooms", *stale)
 
     async def _heartbeat(self) -> None:
         timeout = self.settings.node_timeout

@@ -330,6 +330,31 @@ return 0
 """
 )
 
+#: KEYS the connections hash, relay:held, this node's sids; ARGV this node, ``held`` or
+#: ``gone``, then sids not connected to this node (it tidies up after an outage:
+#: relay.backends.cluster). The connections hash stops naming this node for each; a ``gone``
+#: sid (no session waits for it here either) is also taken out of the node's sids, and its
+#: user's hash and relay:held stop naming this node for it.
+FORGET = """
+local node, gone = ARGV[1], ARGV[2] == 'gone'
+for i = 3, #ARGV do
+  local sid = ARGV[i]
+  local v = redis.call('HGET', KEYS[1], sid)
+  local owner, user = nil, ''
+  if v then owner, user = string.match(v, '^(%S+) ?(.*)$') end
+  if owner == node then redis.call('HDEL', KEYS[1], sid) end
+  if gone then
+    redis.call('SREM', KEYS[3], sid)
+    local held = redis.call('HGET', KEYS[2], sid)
+    if held and string.match(held, '^(%S+)') == node then redis.call('HDEL', KEYS[2], sid) end
+    if owner == node and user ~= '' and redis.call('HGET', 'relay:user:' .. user, sid) == node then
+      redis.call('HDEL', 'relay:user:' .. user, sid)
+    end
+  end
+end
+return 0
+"""
+
 #: A session saved for another node to take over (relay.backends.handover). KEYS the session's
 #: hash, its packet list, relay:held, its pid key, this node's sids, the user's hash; ARGV sid,
 #: user ('' for none), rooms (JSON), ttl ms, pid, reply channel ('' for none), reply, bytes,

@@ -152,6 +152,11 @@ class Relay:
         """The server is shutting down and closes every connection (relay.app.drain)."""
         self.moving = self.moves_sessions and self.recovery.enabled
 
+    async def finish(self, timeout: float) -> None:
+        """Shutdown is closing the connections: first wait, at most ``timeout`` seconds, for the
+        answers still on their way (a backend that answers later: relay.core.deferred), so
+        that an accepted publish is acked before its connection closes."""
+
     async def fetch_session(self, pid: Any, identity: Identity) -> Session | None:
         """The session ``pid`` names, brought from another process, if this backend can."""
         return None

@@ -192,8 +192,10 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         self.disconnect_now: tuple[Callable[..., Any], Callable[[str, Any], Any]] | None = None
         #: CONNECTs waiting for a session looked for in other processes (``_connect_later``)
         self._connecting: set[asyncio.Task[None]] = set()
-        #: called when a shutdown starts closing every session (relay.app.drain)
+        #: called when a shutdown starts closing every session (relay.app.drain), and then
+        #: awaited before it closes them (the answers still on their way go out first)
         self.before_drain: Callable[[], None] | None = None
+        self.finish_answers: Callable[[], Awaitable[None]] | None = None
         eio = self.eio
         if isinstance(eio, RelayEngine):
             # python-socketio's Engine.IO "connect" handler, and the same without awaiting

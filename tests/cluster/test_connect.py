@@ -2,15 +2,13 @@
 
 A node writes a new connection's sid to Redis and waits for Redis's answer before it answers
 the CONNECT (``ClusterRelay.reserve``); a direct that comes for the sid meanwhile waits for
-the answer (``Arriving``). The end-to-end test slows one node's Redis traffic with a proxy, so
-that a CONNECT answered before Redis has the sid is a direct that misses it, every time.
+the answer (``Arriving``). The end-to-end test slows one node's Redis traffic with a proxy
+(``SlowProxy``), so that a CONNECT answered before Redis has the sid is a direct that misses
+it, every time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 from typing import Any
 
 import pytest
@@ -20,92 +18,9 @@ from relay.backends.redis import connect
 from relay.core.deferred import Deferred
 from relay.core.service import Sender
 from relay.settings import Settings
-from tests.cluster.conftest import Nodes, Recorder, RedisServer
+from tests.cluster.conftest import Nodes, Recorder, RedisServer, SlowProxy
 from tests.conftest import wait_for
 from tests.relay.conftest import Peers
-
-
-class SlowProxy:
-    """A TCP proxy to Redis on a free loopback port that holds what its clients send for
-    ``delay`` seconds (as read when it arrives) before passing it on, in order. It runs on its
-    own event loop in a thread: starting a node blocks the test's loop, and the node's Redis
-    connections go through the proxy while it starts."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.delay = 0.0
-        self.port = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server: asyncio.Server | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def __enter__(self) -> SlowProxy:
-        self.thread.start()
-        started = asyncio.run_coroutine_threadsafe(self._start(), self.loop)
-        self.port = started.result(timeout=10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-    async def _start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        for job in (self._slow(reader, up_writer), self._pipe(up_reader, writer)):
-            task = asyncio.create_task(job)
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _slow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
-        held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def release() -> None:
-            while True:
-                due, chunk = await held.get()
-                if not chunk:
-                    return
-                await asyncio.sleep(max(0.0, due - loop.time()))  # (a proxy's delay, not a wait)
-                writer.write(chunk)
-                await writer.drain()
-
-        sender = asyncio.create_task(release())
-        try:
-            with contextlib.suppress(OSError):
-                while chunk := await reader.read(65536):
-                    held.put_nowait((loop.time() + self.delay, chunk))
-            held.put_nowait((loop.time(), b""))
-            await sender
-        finally:
-            sender.cancel()
-            writer.close()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            with contextlib.suppress(OSError):
-                while chunk := await reader.read(65536):
-                    writer.write(chunk)
-                    await writer.drain()
-        finally:
-            writer.close()
 
 
 async def test_a_direct_from_another_node_reaches_a_connection_as_soon_as_it_is_connected(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import signal
 import time
 from typing import Any
@@ -12,8 +13,8 @@ import httpx
 import redis
 
 from relay.backends import scripts
-from tests.cluster.conftest import Nodes
-from tests.conftest import poll
+from tests.cluster.conftest import Nodes, SlowProxy
+from tests.conftest import poll, wait_for
 from tests.relay.conftest import Peers, unique
 
 
@@ -177,6 +178,88 @@ async def test_a_node_shut_down_leaves_the_cluster_tidy(nodes: Nodes, clients: P
     try:
         assert len(admin.smembers("relay:nodes")) == 1
         assert admin.hlen("relay:conns") == 1
+    finally:
+        admin.close()
+
+
+async def test_a_publish_in_flight_at_sigterm_is_acked_before_its_connection_closes(
+    nodes: Nodes, clients: Peers
+) -> None:
+    # b's Redis is 0.4 s away: its publish is still waiting for Redis when SIGTERM comes, and
+    # the shutdown waits for the answer before it closes the connection
+    with SlowProxy(nodes.redis.port) as proxy:
+        a = nodes.start()
+        b = nodes.start(REDIS_URL=proxy.url)
+        room = unique()
+        alice = await clients(url=a.url)
+        bob = await clients(url=b.url)
+        await alice.ok("join", {"room": room})
+        proxy.delay = 0.4
+        sent = len(proxy.seen)
+        publish = asyncio.create_task(bob.call("publish", {"room": room, "data": "last"}))
+        await wait_for(
+            lambda: room.encode() in proxy.seen[sent:], timeout=5, what="the publish sent"
+        )
+        assert await asyncio.to_thread(b.stop) == 0
+        ack = await publish
+        assert ack["ok"] is True, ack
+        got = await alice.until(lambda e, a: e == "message")
+        assert got[-1][1]["data"] == "last" and got[-1][1]["offset"] == ack["offset"]
+
+
+async def test_leaves_and_disconnects_while_redis_is_down_leave_no_ghosts(
+    durable_nodes: Nodes, clients: Peers
+) -> None:
+    # Redis is killed and comes back with its data: what b's members did meanwhile (a leave,
+    # a disconnect) never reached it, and b puts Redis right once it is back
+    cluster, server = durable_nodes, durable_nodes.redis
+    a, b = cluster.start(), cluster.start()
+    room = unique()
+    alice = await clients(url=a.url, user="alice")
+    bob = await clients(url=b.url, user="bob")
+    carol = await clients(url=b.url, user="carol")
+    for peer in (alice, bob, carol):
+        await peer.ok("join", {"room": room})
+    carol_sid = carol.sid
+    server.stop()
+
+    async def unhealthy() -> bool:
+        return (await health(b.url)).status_code == 503
+
+    await poll(unhealthy, 10, "b sees Redis gone")
+    await bob.ok("leave", {"room": room})  # (answered by b alone)
+    await carol.sio.disconnect()
+
+    async def written() -> bool:  # b tried (and failed) to tell Redis
+        async with httpx.AsyncClient(base_url=b.url, timeout=10) as http:
+            text = (await http.get("/metrics")).text
+        return re.search(r"^relay_redis_queued 0(\.0)?$", text, re.M) is not None
+
+    await poll(written, 10, "b's writes attempted")
+    server.start()  # with its data: bob and carol still listed as members
+
+    async def healthy() -> bool:
+        return [(await health(n.url)).status_code for n in (a, b)] == [200, 200]
+
+    await poll(healthy, 10, "healthy again")
+
+    async def tidy() -> bool:
+        listed = await alice.ok("presence", {"room": room})
+        return [m["user"] for m in listed["members"]] == ["alice"]
+
+    await poll(tidy, 10, "bob and carol gone from the room's members")
+    ack = await alice.ok("direct", {"to": carol_sid, "data": 1})
+    assert ack["delivered"] == 0
+    ack = await alice.ok("direct", {"user": "carol", "data": 1})
+    assert ack["delivered"] == 0
+    ack = await alice.ok("direct", {"user": "bob", "data": 1})
+    assert ack["delivered"] == 1  # (bob is connected still, out of the room)
+    admin = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        assert admin.hget("relay:conns", carol_sid) is None
+        # (gone, or a session kept for recovery: the client's goodbye may come after its
+        # transport closed)
+        assert admin.hgetall("relay:user:carol") in ({}, {carol_sid: "="})
     finally:
         admin.close()
 

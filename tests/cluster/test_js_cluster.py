@@ -180,12 +180,9 @@ def describe(report: dict[str, Any], nodes: list[RelayProcess]) -> str:
 
 
 async def test_js_clients_on_two_nodes_lose_nothing_through_redis_and_node_faults(
-    tmp_path: Path, node_exe: str
+    tmp_path: Path, node_exe: str, durable_nodes: Nodes
 ) -> None:
-    redis = RedisServer(tmp_path / "redis", appendonly=True)
-    redis.directory.mkdir()
-    redis.start()
-    cluster = Nodes(redis)
+    cluster, redis = durable_nodes, durable_nodes.redis
     proc: asyncio.subprocess.Process | None = None
     try:
         # history reaches back over the whole run: a client that moves is always recovered;
@@ -234,8 +231,6 @@ async def test_js_clients_on_two_nodes_lose_nothing_through_redis_and_node_fault
                 await proc.wait()
             assert proc.stdin is not None
             proc.stdin.close()
-        cluster.close()
-        redis.stop()
 
     summary = {k: report[k] for k in ("published", "received", "epochs", "counts", "elapsedMs")}
     print(json.dumps(summary))  # (shown with -s, and on failure)

@@ -1,7 +1,9 @@
-"""The cluster's pure parts, without Redis: connection options and a feed's ordering rules."""
+"""The cluster's parts on their own: connection options and a feed's ordering rules (no Redis),
+and steps whose fault or state must be set up from inside a node (a real Redis)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -100,3 +102,47 @@ async def test_a_join_that_fails_after_redis_listed_the_member_takes_it_out(
     finally:
         await client.aclose()
         await relay.stop()
+
+
+async def test_what_redis_did_not_hear_is_tidied_once_it_is_back(
+    redis_server: RedisServer,
+) -> None:
+    # what a leave and a disconnect leave in Redis when their writes fail (tests/cluster/
+    # test_faults.py gets there with a Redis killed and restarted): written here directly, so
+    # that the tidy-up that follows a reconnect, and what other nodes hear of it, can be seen
+    here = ClusterRelay(Settings(redis_url=redis_server.url), Recorder())
+    there_transport = Recorder()
+    there = ClusterRelay(Settings(redis_url=redis_server.url), there_transport)
+    await here.start()
+    await there.start()
+    client = connect(redis_server.url, True)
+    members = "relay:{lobby}:members"
+    try:
+        for relay, sid, user in ((here, "bob1", "bob"), (there, "alice1", "alice")):
+            relay.connect(sid, "e-" + sid, user)
+            with pytest.raises(Deferred) as later:
+                relay.join(sid, "lobby", None)
+            assert (await later.value.task)["ok"]
+        await wait_for(lambda: not here.bus.queued, timeout=5, what="writes sent")
+        ghost = json.dumps({"sid": "gone1", "user": "carol", "node": here.node})
+        await client.hset(members, "gone1", ghost)
+        await client.hset("relay:conns", "gone1", f"{here.node} carol")
+        await client.hset("relay:user:carol", "gone1", here.node)
+        await client.sadd(f"relay:node:{here.node}:sids", "gone1")
+        seen = len(there_transport.sent)
+
+        await here._tidy()
+
+        assert sorted(await client.hkeys(members)) == ["alice1", "bob1"]
+        assert await client.hget("relay:conns", "gone1") is None
+        assert await client.hlen("relay:user:carol") == 0
+        assert await client.smembers(f"relay:node:{here.node}:sids") == {"bob1"}
+        await wait_for(lambda: len(there_transport.sent) > seen, timeout=5, what="the leave")
+        room, packet, _ = there_transport.sent[seen]
+        assert room == "lobby" and '"action":"leave"' in packet and '"sid":"gone1"' in packet
+        await here._tidy()  # (once: nothing more to take out, nothing more to say)
+        assert sorted(await client.hkeys(members)) == ["alice1", "bob1"]
+    finally:
+        await client.aclose()
+        await here.stop()
+        await there.stop()
