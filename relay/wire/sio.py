@@ -43,6 +43,7 @@ from socketio import packet as sio_packet
 from relay.errors import BadRequest, Internal, RelayError
 from relay.wire.engine import RelayEngine, RelaySocket
 from relay.wire.frames import text_frame
+from relay.wire.websocket import FastWebSocketProtocol
 
 log = logging.getLogger("relay.wire.sio")
 
@@ -265,6 +266,11 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
         if not self._session_open(eio_sid):
             admission.cancel()
             return
+        sock = self.eio.sockets.get(eio_sid)
+        fast = sock.fast if isinstance(sock, RelaySocket) else None
+        if fast is not None and isinstance(self.manager, RelayManager):
+            self._admit_now(self.manager, fast, eio_sid, admission)
+            return
         await self._admit(eio_sid, admission)
 
     def _connect_done(self, task: asyncio.Task[None]) -> None:
@@ -455,20 +461,31 @@ class RelaySocketIO(socketio.AsyncServer):  # type: ignore[misc]
             self._connecting.add(task)
             task.add_done_callback(self._connect_done)
             return True
+        self._admit_now(manager, fast, eio_sid, admission)
+        return True
+
+    def _admit_now(
+        self,
+        manager: RelayManager,
+        fast: FastWebSocketProtocol,
+        eio_sid: str,
+        admission: Admission,
+    ) -> None:
+        """``_admit`` without awaiting, on relay's websocket path (``fast``)."""
         sid = None
         if admission.sid is not None:
             sid = manager.pre_connect_as(admission.sid, eio_sid, "/")
         if sid is None:
             sid = manager.pre_connect_now(eio_sid, "/")
         if sid is None:  # this Engine.IO session is already connected to "/"
+            admission.cancel()
             fast.write_frame(text_frame(b'44"Unable to connect"'))
-            return True
+            return
         answer = admission.before_connect(sid, eio_sid)
         reply = text_frame(b"40" + orjson.dumps(answer))
         fast.write_now(reply)  # (at once when nothing is queued before it; within the bound)
         manager.connect_now(sid, "/")
         admission.after_connect()
-        return True
 
     # -- disconnecting without awaiting --------------------------------------------------------
 
