@@ -148,12 +148,7 @@ async def test_lost_subscriptions_are_filled_from_history_in_order(
     finally:
         admin.close()
     for peer in receivers:
-        got = []
-        while len(got) < n:
-            event, env = await peer.next(timeout=10)
-            if event == "message":
-                got.append(env["offset"])
-        assert got == list(range(1, n + 1))
+        assert await peer.offsets(n, timeout=10) == list(range(1, n + 1))
     states = [await cluster(url) for url in (a.url, b.url)]
     assert all(state["redis_reconnects"] >= 3 for state in states), states
     assert sum(state["gap_filled"] for state in states) > 0, states  # (the gaps were real)
@@ -315,12 +310,7 @@ async def test_scripts_flushed_from_redis_are_loaded_again(nodes: Nodes, clients
         assert admin.script_exists(_sha(scripts.PUBLISH)) == [True]
     finally:
         admin.close()
-    got = []
-    while len(got) < 11:
-        event, env = await alice.next()
-        if event == "message":
-            got.append(env["offset"])
-    assert got == list(range(1, 12))
+    assert await alice.offsets(11) == list(range(1, 12))
 
 
 def _sha(source: str) -> str:

@@ -70,6 +70,15 @@ class Peer:
             if done(event, arg):
                 return got
 
+    async def offsets(self, n: int, timeout: float = TIMEOUT) -> list[int]:
+        """The offsets of the next ``n`` messages received (other events skipped)."""
+        got: list[int] = []
+        while len(got) < n:
+            event, arg = await self.next(timeout)
+            if event == "message":
+                got.append(arg["offset"])
+        return got
+
     async def sentinel(self, sender: Peer, room: str) -> list[tuple[str, Any]]:
         """Have ``sender`` publish a sentinel into ``room`` (which self is in) and return what
         self received before it: proof that nothing else is on its way."""
