@@ -314,9 +314,8 @@ def register(sio: socketio.AsyncServer, relay: Relay) -> None:
         # still needs no task on relay's websocket path)
         sio.gate = lambda auth: gate(relay, auth)
     sio.before_drain = relay.move_out  # (relay.app.drain)
-    if isinstance(sio, RelaySocketIO):
-        wait = min(relay.settings.shutdown_timeout / 3, ANSWER_WAIT_S)
-        sio.finish_answers = functools.partial(relay.finish, wait)
+    wait = min(relay.settings.shutdown_timeout / 3, ANSWER_WAIT_S)
+    sio.finish_answers = functools.partial(relay.finish, wait)
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
     if isinstance(sio, RelaySocketIO):

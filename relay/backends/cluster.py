@@ -102,7 +102,7 @@ import orjson
 
 from relay.backends import scripts
 from relay.backends.handover import HELD, Handover, is_pid
-from relay.backends.redis import CALL_TIMEOUT_S, Bus, connect, describe
+from relay.backends.redis import CALL_TIMEOUT_S, Apply, Bus, connect, describe
 from relay.core import envelope
 from relay.core.auth import Identity
 from relay.core.deferred import Deferred
@@ -319,7 +319,7 @@ class ClusterRelay(Relay):
         member = super().connect(sid, eio_sid, user, identity)
         arriving = self._arriving.get(sid)
         if arriving is None or not arriving.confirmed:
-            self._write_connection(member)
+            self._write_connection(sid, user)
         return member
 
     async def reserve(self, user: str | None) -> str:
@@ -331,12 +331,11 @@ class ClusterRelay(Relay):
         if not self.bus.reachable:
             return sid
         arriving = self._arriving[sid] = Arriving(user)
-        bus, node = self.bus, self.node
-        bus.send(lambda pipe: pipe.sadd(f"relay:node:{node}:sids", sid))
-        if user is not None:
-            bus.send(lambda pipe: pipe.hset(f"relay:user:{user}", sid, node))
-        try:  # (the writer sends in order: its answer is the answer to all three)
-            await bus.ask(lambda pipe: pipe.hset(CONNS, sid, f"{node} {user or ''}"))
+        *writes, last = self._connection_writes(sid, user)
+        for write in writes:
+            self.bus.send(write)
+        try:
+            await self.bus.ask(last)
         except Unavailable:
             pass  # (written again when connecting)
         else:
@@ -344,13 +343,8 @@ class ClusterRelay(Relay):
         return sid
 
     def release(self, sid: str, user: str | None) -> None:
-        if self._arriving.pop(sid, None) is None:
-            return
-        bus, node = self.bus, self.node
-        bus.send(lambda pipe: pipe.hdel(CONNS, sid))
-        bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:sids", sid))
-        if user is not None:
-            bus.send(lambda pipe: pipe.hdel(f"relay:user:{user}", sid))
+        if self._arriving.pop(sid, None) is not None:
+            self._erase_connection(sid, user)
 
     def admitted(self, sid: str) -> None:
         arriving = self._arriving.pop(sid, None)
@@ -358,13 +352,28 @@ class ClusterRelay(Relay):
             for packet in arriving.packets:
                 self.transport.send(sid, packet)
 
-    def _write_connection(self, member: Member) -> None:
-        sid, user, node = member.sid, member.user, self.node
-        bus = self.bus
-        bus.send(lambda pipe: pipe.hset(CONNS, sid, f"{node} {user or ''}"))
-        bus.send(lambda pipe: pipe.sadd(f"relay:node:{node}:sids", sid))
+    def _write_connection(self, sid: str, user: str | None) -> None:
+        """Tell Redis ``sid`` (of ``user``) is connected here."""
+        for write in self._connection_writes(sid, user):
+            self.bus.send(write)
+
+    def _connection_writes(self, sid: str, user: str | None) -> list[Apply]:
+        """The writes that tell Redis ``sid`` is connected here; the one naming it in
+        ``relay:conns`` last (the writer sends in order: its answer is all of theirs)."""
+        node = self.node
+        writes: list[Apply] = [lambda pipe: pipe.sadd(f"relay:node:{node}:sids", sid)]
         if user is not None:
-            bus.send(lambda pipe: pipe.hset(f"relay:user:{user}", sid, node))
+            writes.append(lambda pipe: pipe.hset(f"relay:user:{user}", sid, node))
+        writes.append(lambda pipe: pipe.hset(CONNS, sid, f"{node} {user or ''}"))
+        return writes
+
+    def _erase_connection(self, sid: str, user: str | None) -> None:
+        """Tell Redis ``sid`` (of ``user``) is gone from this node, and no session waits."""
+        bus, node = self.bus, self.node
+        bus.send(lambda pipe: pipe.hdel(CONNS, sid))
+        bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:sids", sid))
+        if user is not None:
+            bus.send(lambda pipe: pipe.hdel(f"relay:user:{user}", sid))
 
     def disconnect(self, sid: str, recoverable: bool = False) -> None:
         member = self.registry.get(sid)
@@ -372,15 +381,12 @@ class ClusterRelay(Relay):
         super().disconnect(sid, recoverable)
         if member is None:
             return
-        user, node, bus = member.user, self.node, self.bus
-        bus.send(lambda pipe: pipe.hdel(CONNS, sid))
         session = self.recovery.session_of(sid) if recoverable else None
         if session is not None:
+            self.bus.send(lambda pipe: pipe.hdel(CONNS, sid))
             self.handover.held(session)  # (its sid and user stay known, as a session's)
         else:
-            bus.send(lambda pipe: pipe.srem(f"relay:node:{node}:sids", sid))
-            if user is not None:
-                bus.send(lambda pipe: pipe.hdel(f"relay:user:{user}", sid))
+            self._erase_connection(sid, member.user)
         for room in rooms:
             self._left(room, member)
 
@@ -399,7 +405,7 @@ class ClusterRelay(Relay):
         if session.offsets is not None:
             return self._resume_moved(session, eio_sid, identity)
         member = super().resume(session, eio_sid, identity)
-        self._write_connection(member)
+        self._write_connection(member.sid, member.user)
         for room in member.rooms:
             self._write_member(room, member)
             if room not in self.feeds:
@@ -418,7 +424,7 @@ class ClusterRelay(Relay):
         member.connected_at = self._clock()
         if self.hooks is not None:
             self.hooks.connected(member)
-        self._write_connection(member)
+        self._write_connection(member.sid, member.user)
         self.bus.send(lambda pipe: pipe.hdel(HELD, sid))
         for packet in [*session.packets, *self.handover.arrived(session)]:
             self.transport.send(sid, packet)
@@ -718,6 +724,15 @@ class ClusterRelay(Relay):
         )
         self._publish_event(room, packet, self.node)
 
+    def _announce_gone(self, room: str, sid: str, user: str | None, origin: str) -> None:
+        """The leave of a member this node no longer holds (a dead node's, or one whose leave
+        Redis did not hear), to every node's members but ``origin``'s."""
+        member = {"sid": sid, "user": user}
+        packet = envelope.event_packet(
+            "presence", {"room": room, "action": "leave", "member": member}
+        )
+        self._publish_event(room, packet, origin)
+
     def _publish_event(self, room: str, packet: str, origin: str) -> None:
         # (sessions saved from the room get it too: relay.backends.handover)
         text = f"0 - {origin} - {packet}"
@@ -961,7 +976,7 @@ class ClusterRelay(Relay):
         size = len(packet)
         if (
             len(arriving.packets) >= self.recovery.max_packets
-            or arriving.size + size > self.settings.max_buffer
+            or arriving.size + size > self.recovery.max_bytes
         ):
             log.warning("%s: a direct message that came before its CONNECT was dropped", sid)
             return
@@ -1065,10 +1080,8 @@ class ClusterRelay(Relay):
         connections = [(sid, member.user) for sid, member in self.registry.items()]
         connections += [(sid, arriving.user) for sid, arriving in self._arriving.items()]
         for sid, user in connections:
-            pipe.hset(CONNS, sid, f"{node} {user or ''}")
-            pipe.sadd(f"relay:node:{node}:sids", sid)
-            if user is not None:
-                pipe.hset(f"relay:user:{user}", sid, node)
+            for write in self._connection_writes(sid, user):
+                write(pipe)
         for sid, member in self.registry.items():
             for room in member.rooms:
                 pipe.hset(_key(room, "members"), sid, self._member_json(member))
@@ -1145,11 +1158,7 @@ class ClusterRelay(Relay):
                 log.info("%s left %s while Redis was away: taken out now", sid, room)
                 if removed == 2 and self.hooks is not None:
                     self.hooks.vacated(sid, user, room)
-                packet = envelope.event_packet(
-                    "presence",
-                    {"room": room, "action": "leave", "member": {"sid": sid, "user": user}},
-                )
-                self._publish_event(room, packet, node)  # (its members here heard of it then)
+                self._announce_gone(room, sid, user, node)  # (its members here heard then)
         stale = [room for room in rooms if room not in self.feeds]
         if stale:
             await self._cmd("srem", f"relay:node:{node}:rooms", *stale)
@@ -1209,11 +1218,7 @@ class ClusterRelay(Relay):
                     vacated.append((room, sid, m["user"]))
                 left.setdefault(sid, []).append(room)
                 users.setdefault(sid, m["user"])
-                packet = envelope.event_packet(
-                    "presence",
-                    {"room": room, "action": "leave", "member": {"sid": sid, "user": m["user"]}},
-                )
-                self._publish_event(room, packet, "-")  # (every node tells its members)
+                self._announce_gone(room, sid, m["user"], "-")  # (every node tells its members)
         hooks = self.hooks
         if hooks is not None:
             for sid, its_rooms in left.items():
