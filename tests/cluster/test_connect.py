@@ -100,3 +100,30 @@ async def test_a_redis_far_away_answers_a_node_s_first_call(redis_server: RedisS
             assert await relay.bus.call(lambda pipe: pipe.ping()) is True
         finally:
             await relay.stop()
+
+
+async def test_what_waits_for_a_connect_answer_is_bounded_like_a_session(
+    redis_server: RedisServer,
+) -> None:
+    # directs held for a sid whose CONNECT is unanswered: at most a recovered session's
+    # packets and bytes (RELAY_MAX_BUFFER); past that they are dropped, not kept
+    transport = Recorder()
+    relay = ClusterRelay(Settings(redis_url=redis_server.url, max_buffer=4096), transport)
+    await relay.start()
+    try:
+        sid = await relay.reserve("bob")
+        packet = "x" * 1500
+        for _ in range(5):  # (as they come on the node's channel from other nodes)
+            relay._on_message(relay.node_channel, f"{sid} {packet}")
+        held = relay._arriving[sid]
+        assert len(held.packets) == 2 and held.size == 3000 <= 4096
+        relay.connect(sid, "e1", "bob")
+        relay.admitted(sid)
+        assert [p for _, p in transport.unicast] == [packet, packet]
+        relay.recovery.max_packets = 3  # (1,000 unless a test makes it small)
+        other = await relay.reserve("carol")
+        for n in range(5):
+            relay._on_message(relay.node_channel, f"{other} {n}")
+        assert relay._arriving[other].packets == ["0", "1", "2"]
+    finally:
+        await relay.stop()
